@@ -1,0 +1,182 @@
+"""The model zoo: parameter counts from the papers and torchvision, shapes, BatchNorm modes, options, errors."""
+
+import re
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from resnet_jax import create_model, list_models
+from resnet_jax.summary import count_params, main as summary_main
+
+
+def abstract_variables(name, num_classes, shape=(1, 32, 32, 3), **kw):
+    model = create_model(name, num_classes, **kw)
+    return jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(shape), train=False))
+
+
+def shortcut_params(params) -> int:
+    flat = traverse_util.flatten_dict(params)
+    return sum(v.size for k, v in flat.items() if any(p.startswith("shortcut") for p in k))
+
+
+@pytest.mark.parametrize(
+    "name, num_classes, expected",
+    [
+        ("resnet20", 10, 269_722),
+        ("resnet56", 10, 853_018),
+        ("resnet110", 10, 1_727_962),
+        ("resnet18", 1000, 11_689_512),
+        ("resnet34", 1000, 21_797_672),
+        ("resnet50", 1000, 25_557_032),
+        ("resnet101", 1000, 44_549_160),
+        ("resnet152", 1000, 60_192_808),
+    ],
+)
+def test_parameter_counts_match_papers_and_torchvision(name, num_classes, expected):
+    # Parameters do not depend on the input size, so ImageNet models are traced at 64x64 to save time.
+    assert count_params(abstract_variables(name, num_classes, (1, 64, 64, 3))["params"]) == expected
+
+
+@pytest.mark.parametrize("name", ["resnet20", "resnet18", "resnet50", "preact_resnet56"])
+def test_plain_twin_is_the_residual_net_without_shortcut_parameters(name):
+    nc = 10 if name != "resnet18" and name != "resnet50" else 1000
+    res = abstract_variables(name, nc, (1, 64, 64, 3))["params"]
+    plain = abstract_variables(name.replace("resnet", "plain"), nc, (1, 64, 64, 3))["params"]
+    assert shortcut_params(plain) == 0
+    assert count_params(plain) == count_params(res) - shortcut_params(res)
+
+
+def test_shortcut_options_a_b_c():
+    counts = {s: abstract_variables("resnet20", 10, shortcut=s)["params"] for s in "ABC"}
+    assert shortcut_params(counts["A"]) == 0  # option A is parameter-free
+    # B: 1x1 conv + BN only at the two stage transitions (16->32, 32->64).
+    assert shortcut_params(counts["B"]) == (16 * 32 + 2 * 32) + (32 * 64 + 2 * 64)
+    # C: a projection in all 9 blocks.
+    c = traverse_util.flatten_dict(counts["C"])
+    assert len({k[0] for k in c if k[1] == "shortcut_conv"}) == 9
+
+
+def test_every_family_and_option_runs_with_the_right_output_shape():
+    small = dict(widths=(4, 8, 16, 32))
+    cases = [
+        ("resnet20", dict(shortcut="A"), (2, 32, 32, 3)),
+        ("resnet20", dict(shortcut="B", version="v2"), (2, 28, 28, 1)),
+        ("plain20", dict(shortcut="C"), (2, 32, 32, 3)),
+        ("preact_resnet11", dict(), (2, 32, 32, 3)),
+        ("preact_plain11", dict(), (2, 32, 32, 3)),
+        ("resnet18", small, (2, 32, 32, 3)),
+        ("resnet50", dict(small, version="v1"), (2, 64, 64, 3)),
+        ("resnet50", dict(small, version="v2", shortcut="C"), (2, 48, 40, 3)),
+        ("plain34", small, (2, 32, 32, 3)),
+    ]
+    for name, kw, shape in cases:
+        model = create_model(name, 7, **kw)
+        variables = model.init(jax.random.key(0), jnp.ones(shape), train=False)
+        assert set(variables) == {"params", "batch_stats"}
+        y = model.apply(variables, jnp.ones(shape), train=False)
+        chex.assert_shape(y, (shape[0], 7))
+        chex.assert_tree_all_finite(y)
+
+
+def test_imagenet_stem_and_stages_follow_torchvision_shapes():
+    model = create_model("resnet50", 10, widths=(4, 8, 16, 32))
+    x = jnp.ones((1, 224, 224, 3))
+    variables = model.init(jax.random.key(0), x)
+    _, state = model.apply(variables, x, capture_intermediates=True, mutable=["intermediates"])
+    inter = state["intermediates"]
+    assert inter["stem_conv"]["__call__"][0].shape == (1, 112, 112, 4)
+    assert inter["stage1_block1"]["__call__"][0].shape == (1, 56, 56, 16)
+    assert inter["stage4_block3"]["__call__"][0].shape == (1, 7, 7, 128)
+
+
+def test_v1_strides_the_first_1x1_and_v15_the_3x3():
+    x = jnp.ones((1, 16, 16, 3))
+    for version, first_conv_size in (("v1", 2), ("v1.5", 4)):
+        model = create_model("resnet50", 10, widths=(4, 8, 16, 32), version=version)
+        variables = model.init(jax.random.key(0), x)
+        _, state = model.apply(variables, x, capture_intermediates=True, mutable=["intermediates"])
+        first_conv = state["intermediates"]["stage2_block1"]["Conv_0"]["__call__"][0]
+        assert first_conv.shape[1] == first_conv_size  # stage2 input is 4x4
+
+
+@pytest.fixture(scope="module")
+def resnet20_and_batch():
+    model = create_model("resnet20", 10)
+    x = jax.random.normal(jax.random.key(1), (8, 32, 32, 3))
+    return model, model.init(jax.random.key(0), x, train=False), x
+
+
+def test_running_statistics_update_only_in_train_mode(resnet20_and_batch):
+    model, variables, x = resnet20_and_batch
+    y_train, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    chex.assert_trees_all_equal_structs(updates["batch_stats"], variables["batch_stats"])
+    changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), updates["batch_stats"], variables["batch_stats"])
+    assert all(jax.tree.leaves(changed))
+    # Eval mode uses the running averages: no mutation, and each example's output is independent of the batch.
+    y_eval = model.apply(variables, x, train=False)
+    np.testing.assert_allclose(model.apply(variables, x[:1], train=False), y_eval[:1], rtol=1e-5, atol=1e-5)
+    # Train mode normalises with batch statistics, so the same example depends on its batch mates.
+    y_train_one, _ = model.apply(variables, x[:2], train=True, mutable=["batch_stats"])
+    assert not np.allclose(y_train_one[0], y_train[0], atol=1e-4)
+
+
+def test_jit_and_eager_agree(resnet20_and_batch):
+    model, variables, x = resnet20_and_batch
+    eager = model.apply(variables, x, train=False)
+    jitted = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
+    chex.assert_trees_all_close(eager, jitted, rtol=1e-5, atol=1e-5)
+
+
+def test_bfloat16_compute_keeps_float32_params_and_statistics():
+    model = create_model("resnet20", 10, dtype=jnp.bfloat16)
+    x = jnp.ones((2, 32, 32, 3))
+    variables = model.init(jax.random.key(0), x)
+    chex.assert_trees_all_equal_dtypes(variables, jax.tree.map(lambda a: a.astype(jnp.float32), variables))
+    y, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    assert y.dtype == jnp.float32
+    assert all(v.dtype == jnp.float32 for v in jax.tree.leaves(updates))
+
+
+def test_zero_init_residual_zeroes_the_last_bn_scale_of_each_block():
+    model = create_model("resnet20", 10, zero_init_residual=True)
+    params = model.init(jax.random.key(0), jnp.ones((1, 32, 32, 3)))["params"]
+    assert float(jnp.abs(params["stage2_block3"]["BatchNorm_1"]["scale"]).sum()) == 0.0
+    assert float(jnp.abs(params["stage2_block3"]["BatchNorm_0"]["scale"]).sum()) > 0.0
+
+
+@pytest.mark.parametrize(
+    "name, kw, message",
+    [
+        ("resnet21", {}, "6n+2"),
+        ("resnet7", {}, "6n+2"),
+        ("preact_resnet57", {}, "9n+2"),
+        ("vgg16", {}, "unknown model"),
+        ("resnet", {}, "unknown model"),
+        ("resnet20", {"shortcut": "D"}, "unknown shortcut"),
+        ("resnet20", {"version": "v3"}, "unknown version"),
+        ("resnet20", {"widthz": (1, 2, 3)}, "unknown model option"),
+        ("resnet20", {"widths": (16, 32)}, "differ in length"),
+        ("preact_resnet56", {"zero_init_residual": True}, "zero_init_residual"),
+    ],
+)
+def test_bad_names_depths_and_options_fail_with_a_clear_message(name, kw, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        create_model(name, 10, **kw)
+
+
+def test_list_models_names_all_build():
+    names = list_models()
+    assert {"resnet20", "resnet1202", "preact_resnet1001", "resnet200", "plain56", "plain18", "preact_plain164"} <= set(names)
+    for name in names:
+        create_model(name, 10)  # construction validates the name and options
+
+
+def test_summary_cli_prints_parameter_count(capsys):
+    summary_main(["resnet20"])
+    out = capsys.readouterr().out
+    assert "trainable parameters: 269,722" in out
+    assert "multiply-adds" in out
