@@ -1,0 +1,92 @@
+"""Input-pipeline throughput: augmented images/s of the in-memory pipeline (gather + crop_flip + normalise, jitted).
+
+Two datasets at batch 128: real Fashion-MNIST from Debian's IDX files, zero-padded to 32x32 and repeated to 3
+channels, and CIFAR-shaped data, random uint8 50000x32x32x3 (the pipeline's cost does not depend on pixel values).
+Prints the figures and writes benchmarks/results/input_pipeline-<date>.json. The train-step benchmark imports
+`measure_pipeline` to put the two throughputs side by side.
+
+    .venv/bin/python benchmarks/input_pipeline.py [--steps 50] [--repeats 5] [--batch-size 128]
+"""
+
+import argparse
+import datetime
+import itertools
+import json
+import os
+import statistics
+import subprocess
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from resnet_jax.data import Dataset, Pipeline, default_config, make_pipeline
+
+RESULTS = Path(__file__).parent / "results"
+FASHION_MNIST = "/usr/share/datasets/fashion-mnist"  # Debian's dataset-fashion-mnist
+
+
+def measure_pipeline(pipeline: Pipeline, steps: int) -> float:
+    """Augmented train images per second over `steps` batches after one warm-up batch (compilation).
+
+    Each batch is waited for before the next is asked for: a conservative figure, with no overlap between batches.
+    """
+    batches = (batch for epoch in itertools.count() for batch in pipeline.train_batches(epoch))
+    jax.block_until_ready(next(batches))
+    start = time.perf_counter()
+    for _ in range(steps):
+        jax.block_until_ready(next(batches))
+    return steps * pipeline.batch_size / (time.perf_counter() - start)
+
+
+def cases() -> dict[str, tuple]:
+    """name -> (config, dataset or None to read it as config says)."""
+    fashion = default_config()
+    fashion.update(name="fashion_mnist", source="idx", path=FASHION_MNIST, pad_to_32=True, channels=3,
+                   augment="crop_flip")
+    cifar = default_config()
+    cifar.update(name="cifar_shaped_random", augment="crop_flip")
+    rng = np.random.default_rng(0)
+    random_cifar = Dataset("cifar_shaped_random",
+                           {"train": (rng.integers(0, 256, (50_000, 32, 32, 3), dtype=np.uint8),
+                                      rng.integers(0, 10, 50_000, dtype=np.int32))},
+                           10, [str(i) for i in range(10)], "random uint8 50000x32x32x3 (CIFAR-shaped)")
+    return {"fashion_mnist": (fashion, None), "cifar_shaped_random": (cifar, random_cifar)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=50, help="batches timed per repeat")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--batch-size", type=int, default=128)
+    args = parser.parse_args()
+
+    mesh = jax.make_mesh((jax.device_count(),), ("data",))
+    results = []
+    for name, (config, dataset) in cases().items():
+        pipeline = make_pipeline(config, args.batch_size, mesh, seed=0, dataset=dataset)
+        rates = [measure_pipeline(pipeline, args.steps) for _ in range(args.repeats)]
+        results.append({"data": name, "origin": pipeline.origin, "train_images": pipeline.split_sizes["train"],
+                        "image_shape": pipeline.image_shape, "augment": config.augment,
+                        "normalize": config.normalize, "images_per_sec": statistics.median(rates),
+                        "images_per_sec_repeats": rates})
+        print(f"{name:>20}: {'x'.join(map(str, pipeline.image_shape))}, {config.augment}, batch {args.batch_size}: "
+              f"{statistics.median(rates):,.0f} images/s (median of {args.repeats} x {args.steps} batches; "
+              f"min {min(rates):,.0f}, max {max(rates):,.0f})")
+
+    date = datetime.date.today().isoformat()
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=Path(__file__).parent).stdout.strip()
+    record = {"benchmark": "input_pipeline", "date": date, "git_commit": commit,
+              "devices": [str(d) for d in jax.devices()], "cpu_count": os.cpu_count(), "jax": jax.__version__,
+              "batch_size": args.batch_size, "steps": args.steps, "repeats": args.repeats,
+              "timing": "each batch waited for (block_until_ready) after a warm-up batch", "results": results}
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"input_pipeline-{date}.json"
+    out.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
