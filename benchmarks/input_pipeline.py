@@ -63,6 +63,7 @@ def main() -> None:
     args = parser.parse_args()
 
     mesh = jax.make_mesh((jax.device_count(),), ("data",))
+    load_before = os.getloadavg()[0]  # other work on the machine lowers the figures: recorded with them
     results = []
     for name, (config, dataset) in cases().items():
         pipeline = make_pipeline(config, args.batch_size, mesh, seed=0, dataset=dataset)
@@ -80,6 +81,7 @@ def main() -> None:
                             cwd=Path(__file__).parent).stdout.strip()
     record = {"benchmark": "input_pipeline", "date": date, "git_commit": commit,
               "devices": [str(d) for d in jax.devices()], "cpu_count": os.cpu_count(), "jax": jax.__version__,
+              "load_average_1m": {"before": load_before, "after": os.getloadavg()[0]},
               "batch_size": args.batch_size, "steps": args.steps, "repeats": args.repeats,
               "timing": "each batch waited for (block_until_ready) after a warm-up batch", "results": results}
     RESULTS.mkdir(exist_ok=True)
