@@ -46,9 +46,9 @@ def fashion_mnist_batch(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def git_commit() -> str:
-    """HEAD, with '+dirty' if tracked files are modified."""
+    """HEAD, with '+dirty' if the package or this script differ from it."""
     git = lambda *cmd: subprocess.run(["git", *cmd], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    return git("rev-parse", "HEAD") + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+    return git("rev-parse", "HEAD") + ("+dirty" if git("status", "--porcelain", "-uno", "resnet_jax", __file__) else "")
 
 
 def plot(runs: list[dict], depths: list[int], source: str, path: Path) -> None:
