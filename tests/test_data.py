@@ -4,7 +4,6 @@ import gzip
 import os
 import pickle
 import re
-import struct
 import subprocess
 import sys
 import tarfile
@@ -44,13 +43,8 @@ def tiny_dataset(n_train=40, n_test=13, shape=(28, 28, 1), one_train_image=False
     return Dataset("tiny", splits, n_train, [str(i) for i in range(n_train)], "memory")
 
 
-def write_idx(path, array, gz):
-    raw = bytes([0, 0, 8, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes()
-    path.write_bytes(gzip.compress(raw) if gz else raw)
-
-
 @pytest.fixture
-def idx_dir(tmp_path):
+def idx_dir(tmp_path, write_idx):
     """Fashion-MNIST-format files: train gzipped, test plain."""
     arrays = {}
     for prefix, n, gz in (("train", 7, True), ("t10k", 3, False)):

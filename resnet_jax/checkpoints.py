@@ -1,0 +1,79 @@
+"""Orbax checkpoints of a run: the latest few (every epoch) and the best by a validation metric.
+
+<workdir>/checkpoints/<step>/  latest, kept `keep` deep; restoring it resumes the run exactly
+<workdir>/best/<step>/         the best so far by the monitored metric (Keras' save_best_only)
+Each holds the whole TrainState and a JSON `info` (epoch, best value, metrics).
+"""
+
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+
+class CheckpointMismatchError(ValueError):
+    pass
+
+
+class Checkpoints:
+    def __init__(self, workdir: str | Path, keep: int = 3):
+        workdir = Path(workdir).absolute()
+        handlers = {"state": ocp.StandardCheckpointHandler(), "info": ocp.JsonCheckpointHandler()}
+        self.managers = {
+            which: ocp.CheckpointManager(workdir / folder, options=ocp.CheckpointManagerOptions(max_to_keep=n), item_handlers=handlers)
+            for which, folder, n in (("latest", "checkpoints", keep), ("best", "best", 1))
+        }
+
+    def save(self, state: Any, info: dict, best: bool = False) -> None:
+        """Save `state` under its step as the latest checkpoint, and as the best one too if `best`."""
+        step = int(jax.device_get(state.step))
+        args = ocp.args.Composite(state=ocp.args.StandardSave(state), info=ocp.args.JsonSave(info))
+        for which in ("latest", "best") if best else ("latest",):
+            self.managers[which].save(step, args=args, force=True)
+
+    def latest_step(self, which: str = "latest") -> int | None:
+        return self.managers[which].latest_step()
+
+    def restore(self, abstract_state: Any, which: str = "latest") -> tuple[Any, dict] | None:
+        """The newest `which` checkpoint as (state, info), laid out like `abstract_state`; None if there is none."""
+        manager = self.managers[which]
+        step = manager.latest_step()
+        if step is None:
+            return None
+        check_compatible(manager.item_metadata(step)["state"], abstract_state, manager.directory / str(step))
+        restored = manager.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), info=ocp.args.JsonRestore())
+        )
+        return restored["state"], restored["info"]
+
+    def close(self) -> None:
+        for manager in self.managers.values():
+            manager.wait_until_finished()
+            manager.close()
+
+
+def leaf_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+    """{'params/stage1_block1/Conv_0/kernel': shape, ...}: the same names for a TrainState and for orbax's metadata of it."""
+
+    def name(key) -> str:
+        return str(next(getattr(key, a) for a in ("key", "name", "idx") if hasattr(key, a)))
+
+    return {"/".join(map(name, path)): tuple(leaf.shape) for path, leaf in jax.tree_util.tree_leaves_with_path(tree) if hasattr(leaf, "shape")}
+
+
+def check_compatible(saved: Any, abstract_state: Any, where: Path) -> None:
+    """Refuse, with the differing entries named, a checkpoint whose arrays do not fit the model being built."""
+    saved_shapes, wanted = leaf_shapes(saved), leaf_shapes(abstract_state)
+    differ = [
+        f"{k}: checkpoint {saved_shapes.get(k, 'missing')} vs model {wanted.get(k, 'missing')}"
+        for k in sorted(set(saved_shapes) | set(wanted))
+        if saved_shapes.get(k) != wanted.get(k)
+    ]
+    if differ:
+        shown = "\n  ".join(differ[:8]) + (f"\n  … and {len(differ) - 8} more" if len(differ) > 8 else "")
+        raise CheckpointMismatchError(
+            f"the checkpoint at {where} does not fit the model/optimizer being built ({len(differ)} entries differ):\n  {shown}\n"
+            "It was written by a run with another model, number of classes, widths or optimizer: use that run's config, "
+            "or a new --workdir."
+        )

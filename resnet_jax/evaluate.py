@@ -1,0 +1,55 @@
+"""Evaluate a run's best or latest checkpoint on chosen splits, with the data and model of its saved config.
+
+    python -m resnet_jax.evaluate --workdir runs/quickstart [--checkpoint best|latest] [--split test --split val]
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+import ml_collections
+
+from resnet_jax.checkpoints import Checkpoints
+from resnet_jax.train import compile_steps, evaluate_split, init_state, setup
+
+
+def evaluate_run(workdir: str | Path, which: str = "best", splits: tuple[str, ...] = ("test",)) -> dict[str, float]:
+    """Loss, top-1 and top-5 accuracy of the `which` checkpoint in `workdir` on each split."""
+    workdir = Path(workdir)
+    saved = workdir / "config.json"
+    if not saved.exists():
+        raise FileNotFoundError(f"{saved} not found: --workdir must be a directory written by python -m resnet_jax.train")
+    config = ml_collections.ConfigDict(json.loads(saved.read_text()))
+    run = setup(config)
+    missing = [s for s in splits if s not in run.pipeline.split_sizes]
+    if missing:
+        raise ValueError(f"split(s) {missing} not in this run's data (it has {sorted(run.pipeline.split_sizes)})")
+    state = init_state(run.model, run.tx, run.plateau_tx, run.pipeline.image_shape, config.seed, run.mesh)
+    checkpoints = Checkpoints(workdir)
+    restored = checkpoints.restore(state, which)
+    checkpoints.close()
+    if restored is None:
+        raise FileNotFoundError(f"no {which} checkpoint in {workdir}; train first, or use --checkpoint latest")
+    state, info = restored
+    _, eval_fn = compile_steps(run.model, run.tx, run.mesh)
+    results = {"step": int(state.step), "epoch": info.get("epoch")}
+    for split in splits:
+        results.update(evaluate_split(eval_fn, state, run.pipeline, split))
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", required=True)
+    parser.add_argument("--checkpoint", choices=("best", "latest"), default="best")
+    parser.add_argument("--split", action="append", help="split to evaluate (repeatable; default: test)")
+    args = parser.parse_args(argv)
+    try:
+        results = evaluate_run(args.workdir, args.checkpoint, tuple(args.split or ["test"]))
+    except (FileNotFoundError, ValueError) as e:
+        parser.error(str(e))
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+"""Optimizers, weight decay and learning-rate schedules, all from optax, configured in epochs or steps.
+
+Schedules are written in the unit the recipe states (`config.schedule.unit`: 'epochs' or 'steps') and
+converted to optimizer steps here, so the paper's "divide by 10 at 32k and 48k iterations" and the
+Keras seed's "x0.1 after epoch 80" are both one line of config.
+"""
+
+from collections.abc import Callable
+
+import jax
+import ml_collections
+import optax
+
+SCHEDULES = ("constant", "piecewise", "cosine")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+
+
+def schedule_config() -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(
+        dict(
+            name="constant",  # 'constant' | 'piecewise' | 'cosine' (linear warm-up then cosine to 0)
+            unit="epochs",  # unit of boundaries, warmup and (for configs that set it) the run length
+            boundaries=(),  # piecewise: points where the rate is multiplied by the matching scale
+            scales=(),  # piecewise: multiplicative factors, cumulative (0.1, 0.1 -> 0.1x then 0.01x)
+            warmup=0.0,  # length of the warm-up, in `unit`
+            warmup_lr=0.0,  # piecewise/constant: a constant rate during warm-up (paper's ResNet-110: 0.01); cosine warms up linearly from 0
+        )
+    )
+
+
+def plateau_config() -> ml_collections.ConfigDict:
+    """Keras' ReduceLROnPlateau: on an epoch-level metric that stopped improving, multiply the rate by factor."""
+    return ml_collections.ConfigDict(
+        dict(enabled=False, monitor="val/loss", factor=0.1**0.5, patience=5, min_lr=0.5e-6, cooldown=0)
+    )
+
+
+def optimizer_config() -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(
+        dict(
+            name="sgd",  # 'sgd' | 'adam' | 'adamw'
+            learning_rate=0.1,
+            momentum=0.9,  # sgd
+            nesterov=False,  # sgd
+            b1=0.9,  # adam/adamw
+            b2=0.999,
+            eps=1e-8,  # Keras' Adam uses 1e-7
+            weight_decay=1e-4,
+            # 'l2': add weight_decay * w to the gradient before the optimizer (the paper's weight decay; Keras'
+            # kernel_regularizer=l2(c) equals weight_decay = 2c). 'decoupled': AdamW's decay (adamw only).
+            weight_decay_mode="l2",
+            decay_norm_and_bias=False,  # False: decay conv/dense kernels only, not BN scale/bias or biases
+        )
+    )
+
+
+def to_steps(value: float, unit: str, steps_per_epoch: int) -> int:
+    """Convert a length in 'epochs' or 'steps' to optimizer steps."""
+    if unit == "steps":
+        return int(value)
+    if unit == "epochs":
+        return int(round(value * steps_per_epoch))
+    raise ValueError(f"unknown schedule unit {unit!r}; choose 'epochs' or 'steps'")
+
+
+def make_schedule(config: ml_collections.ConfigDict, base_lr: float, steps_per_epoch: int, total_steps: int) -> optax.Schedule:
+    """The learning rate as a function of the optimizer step."""
+    unit = config.unit
+    warmup = to_steps(config.warmup, unit, steps_per_epoch)
+    if config.name == "cosine":
+        return optax.warmup_cosine_decay_schedule(0.0, base_lr, warmup, max(total_steps, warmup + 1))
+    if config.name == "constant":
+        main = optax.constant_schedule(base_lr)
+    elif config.name == "piecewise":
+        if len(config.boundaries) != len(config.scales):
+            raise ValueError(f"schedule.boundaries {config.boundaries} and schedule.scales {config.scales} differ in length")
+        boundaries = [to_steps(b, unit, steps_per_epoch) for b in config.boundaries]
+        main = optax.piecewise_constant_schedule(base_lr, dict(zip(boundaries, config.scales)))
+    else:
+        raise ValueError(f"unknown schedule {config.name!r}; choose one of {', '.join(SCHEDULES)}")
+    if warmup == 0:
+        return main
+    return optax.join_schedules([optax.constant_schedule(config.warmup_lr), lambda step: main(step + warmup)], [warmup])
+
+
+def kernel_mask(params) -> dict:
+    """True for conv and dense kernels (ndim > 1); False for BN scale/bias and biases."""
+    return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
+def make_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule) -> optax.GradientTransformation:
+    """An optax optimizer with the configured weight decay, driven by `schedule`."""
+    if config.name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {config.name!r}; choose one of {', '.join(OPTIMIZERS)}")
+    if config.weight_decay_mode not in ("l2", "decoupled"):
+        raise ValueError(f"unknown weight_decay_mode {config.weight_decay_mode!r}; choose 'l2' or 'decoupled'")
+    if (config.weight_decay_mode == "decoupled") != (config.name == "adamw"):
+        raise ValueError(
+            f"optimizer {config.name!r} with weight_decay_mode {config.weight_decay_mode!r}: decoupled weight decay "
+            "is AdamW's; use optimizer.name='adamw' with weight_decay_mode='decoupled', or weight_decay_mode='l2' otherwise"
+        )
+    mask: Callable | None = None if config.decay_norm_and_bias else kernel_mask
+    if config.name == "adamw":
+        return optax.adamw(schedule, config.b1, config.b2, config.eps, weight_decay=config.weight_decay, mask=mask)
+    if config.name == "sgd":
+        opt = optax.sgd(schedule, momentum=config.momentum or None, nesterov=config.nesterov)
+    else:
+        opt = optax.adam(schedule, config.b1, config.b2, config.eps)
+    if config.weight_decay == 0:
+        return opt
+    return optax.chain(optax.add_decayed_weights(config.weight_decay, mask), opt)
+
+
+def make_plateau(config: ml_collections.ConfigDict, base_lr: float) -> optax.GradientTransformationExtraArgs:
+    """optax's reduce_on_plateau, stepped once per epoch with the monitored metric; its scale multiplies the rate."""
+    return optax.contrib.reduce_on_plateau(
+        factor=config.factor,
+        patience=config.patience,
+        cooldown=config.cooldown,
+        min_scale=config.min_lr / base_lr,
+    )

@@ -1,0 +1,287 @@
+"""Training: the pure step learns, BN is synchronised across devices, schedules match the recipes, runs resume exactly."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from functools import partial
+from pathlib import Path
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from resnet_jax import create_model, optim
+from resnet_jax.checkpoints import CheckpointMismatchError, Checkpoints
+from resnet_jax.config import default_config
+from resnet_jax.metrics import read_metrics
+from resnet_jax.train import TrainState, init_state, prepare_workdir, setup, train_and_evaluate, train_step
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = dict(name="resnet8", widths=(4, 8, 16))
+
+
+def tiny_config(idx_dir, **overrides):
+    c = default_config()
+    c.model.update(TINY)
+    c.data.update(name="fashion_mnist", source="idx", path=str(idx_dir), val_size=64, augment="flip")
+    c.batch_size = 32
+    c.num_epochs = 2
+    c.optimizer.update(name="sgd", learning_rate=0.05, weight_decay=5e-4)
+    c.schedule.update(name="cosine", warmup=0.5)
+    c.log_every_steps = 4
+    c.update(overrides)
+    return c
+
+
+def fresh_state(model, tx, x):
+    variables = model.init(jax.random.key(0), x, train=False)
+    params = variables["params"]
+    plateau = optax.contrib.reduce_on_plateau().init(params)
+    return TrainState(jnp.zeros((), jnp.int32), params, variables["batch_stats"], tx.init(params), plateau)
+
+
+def test_tiny_model_overfits_a_small_batch():
+    model = create_model("resnet8", 10, widths=(8, 16, 32))
+    x = jax.random.normal(jax.random.key(1), (32, 16, 16, 1))
+    batch = {"image": x, "label": jax.random.randint(jax.random.key(2), (32,), 0, 10)}
+    tx = optax.adam(1e-2)
+    step = jax.jit(partial(train_step, model=model, tx=tx))
+    state = fresh_state(model, tx, x)
+    for _ in range(60):
+        state, metrics = step(state, batch)
+    assert float(metrics["accuracy"]) == 1.0
+    assert float(metrics["loss"]) < 0.05
+    assert int(state.step) == 60
+
+
+SYNC_BN_SCRIPT = """
+import json, jax, numpy as np, optax
+from functools import partial
+from jax.sharding import Mesh
+from resnet_jax import create_model
+from resnet_jax.train import compile_steps, TrainState
+import jax.numpy as jnp
+
+assert jax.device_count() == 8, jax.devices()
+model = create_model("resnet8", 10, widths=(4, 8, 16))
+tx = optax.sgd(0.1, momentum=0.9)
+rng = np.random.default_rng(0)
+batch = {"image": rng.normal(size=(32, 16, 16, 3)).astype(np.float32), "label": rng.integers(0, 10, 32).astype(np.int32)}
+
+def run(devices, batch):
+    mesh = Mesh(np.array(devices), ("data",))
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
+    state = TrainState(jnp.zeros((), jnp.int32), variables["params"], variables["batch_stats"],
+                       tx.init(variables["params"]), optax.contrib.reduce_on_plateau().init(variables["params"]))
+    train, _ = compile_steps(model, tx, mesh)
+    for _ in range(2):
+        state, metrics = train(state, batch)
+    return jax.device_get((state.params, state.batch_stats))
+
+def max_diff(a, b):
+    return max(float(np.max(np.abs(x - y))) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+one = run(jax.devices()[:1], batch)
+eight = run(jax.devices(), batch)
+# What unsynchronised BN would see: each device normalising its own 4 examples.
+quarter = run(jax.devices()[:1], jax.tree.map(lambda a: a[:4], batch))
+print(json.dumps({"params": max_diff(one[0], eight[0]), "stats": max_diff(one[1], eight[1]),
+                  "stats_local": max_diff(one[1], quarter[1])}))
+"""
+
+
+def test_one_step_on_8_devices_equals_the_single_device_step():
+    """Batch sharded over 8 forced CPU devices: params and BN statistics equal one device's (BN is synchronised)."""
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, "-c", SYNC_BN_SCRIPT], env=env, capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    diffs = json.loads(out.stdout.strip().splitlines()[-1])
+    assert diffs["params"] < 1e-5 and diffs["stats"] < 1e-5, diffs
+    assert diffs["stats_local"] > 1e-3, diffs  # per-device statistics would have been visibly different
+
+
+def keras_seed_lr(epoch: int) -> float:
+    """The Keras seed's lr_schedule, as written there (epoch is 0-based)."""
+    lr = 1e-3
+    if epoch > 180:
+        lr *= 0.5e-3
+    elif epoch > 160:
+        lr *= 1e-3
+    elif epoch > 120:
+        lr *= 1e-2
+    elif epoch > 80:
+        lr *= 1e-1
+    return lr
+
+
+@pytest.mark.parametrize("recipe", ["v1", "v2"])
+def test_keras_recipe_schedule_equals_the_seeds_lr_schedule(recipe):
+    from experiments.keras_cifar10 import get_config
+
+    c = get_config(recipe)
+    steps_per_epoch = 50_000 // c.batch_size
+    schedule = optim.make_schedule(c.schedule, c.optimizer.learning_rate, steps_per_epoch, 200 * steps_per_epoch)
+    for epoch in range(200):
+        for step in (epoch * steps_per_epoch, (epoch + 1) * steps_per_epoch - 1):  # first and last step of the epoch
+            assert math.isclose(float(schedule(step)), keras_seed_lr(epoch), rel_tol=1e-5), (epoch, step)
+
+
+def test_paper_schedule_milestones_and_resnet110_warmup():
+    from experiments.cifar10_paper import get_config
+
+    for model, warm in (("resnet56", False), ("resnet110", True)):
+        c = get_config(model)
+        schedule = optim.make_schedule(c.schedule, c.optimizer.learning_rate, 351, c.num_steps)
+        expected = {0: 0.01 if warm else 0.1, 399: 0.01 if warm else 0.1, 400: 0.1, 31_999: 0.1, 32_000: 0.01,
+                    47_999: 0.01, 48_000: 0.001, 63_999: 0.001}
+        for step, lr in expected.items():
+            assert math.isclose(float(schedule(step)), lr, rel_tol=1e-5), (model, step)
+        assert c.num_steps == 64_000 and c.batch_size == 128 and c.data.val_size == 5000
+
+
+def test_cosine_schedule_warms_up_then_decays_to_zero():
+    c = optim.schedule_config()
+    c.update(name="cosine", warmup=1.0)
+    schedule = optim.make_schedule(c, 0.1, steps_per_epoch=10, total_steps=100)
+    values = np.array([float(schedule(s)) for s in range(101)])
+    assert values[0] == 0.0 and math.isclose(values[10], 0.1, rel_tol=1e-6)
+    assert np.all(np.diff(values[:11]) > 0) and np.all(np.diff(values[10:]) <= 0) and values[100] < 1e-8
+
+
+def test_weight_decay_reaches_kernels_only_unless_asked():
+    params = {"conv": {"kernel": jnp.ones((3, 3, 1, 2))}, "bn": {"scale": jnp.ones(2), "bias": jnp.ones(2)}}
+    zero_grads = jax.tree.map(jnp.zeros_like, params)
+    for decay_all, expect_bn in ((False, 0.0), (True, -0.01 * 0.1)):
+        c = optim.optimizer_config()
+        c.update(name="sgd", momentum=0.0, weight_decay=0.1, decay_norm_and_bias=decay_all)
+        tx = optim.make_optimizer(c, optax.constant_schedule(0.01))
+        updates, _ = tx.update(zero_grads, tx.init(params), params)
+        np.testing.assert_allclose(updates["conv"]["kernel"], -0.01 * 0.1)  # lr * wd * w
+        np.testing.assert_allclose(updates["bn"]["scale"], expect_bn)
+
+
+def test_incompatible_optimizer_options_are_refused():
+    c = optim.optimizer_config()
+    c.update(name="sgd", weight_decay_mode="decoupled")
+    with pytest.raises(ValueError, match="decoupled weight decay is AdamW's"):
+        optim.make_optimizer(c, optax.constant_schedule(0.1))
+    c.update(name="lion", weight_decay_mode="l2")
+    with pytest.raises(ValueError, match="unknown optimizer 'lion'"):
+        optim.make_optimizer(c, optax.constant_schedule(0.1))
+
+
+def test_config_mismatches_fail_before_compiling(learnable_idx_dir):
+    with pytest.raises(ValueError, match="model.num_classes=5 but fashion_mnist has 10 classes"):
+        setup(tiny_config(learnable_idx_dir, model=dict(TINY, num_classes=5)))
+    c = tiny_config(learnable_idx_dir, best_metric="val/accuracy")
+    c.data.val_size = 0
+    with pytest.raises(ValueError, match="best_metric='val/accuracy' needs a 'val' split"):
+        setup(c)
+
+
+def test_checkpoint_round_trip_and_mismatch(tmp_path):
+    model, tx = create_model("resnet8", 10, widths=(4, 8, 16)), optax.sgd(0.1, 0.9)
+    state = fresh_state(model, tx, jnp.ones((1, 16, 16, 1))).replace(step=jnp.asarray(7, jnp.int32))
+    checkpoints = Checkpoints(tmp_path)
+    checkpoints.save(state, {"epoch": 3, "best": 0.5}, best=True)
+    checkpoints.close()
+    template = fresh_state(model, tx, jnp.ones((1, 16, 16, 1)))
+    for which in ("latest", "best"):
+        restored, info = Checkpoints(tmp_path).restore(template, which)
+        chex.assert_trees_all_equal(restored, state)
+        assert info == {"epoch": 3, "best": 0.5}
+    # A model built for 3-channel input cannot take this checkpoint: the error names the stem kernel.
+    other = fresh_state(model, tx, jnp.ones((1, 16, 16, 3)))
+    with pytest.raises(CheckpointMismatchError, match=r"stem_conv.*\(3, 3, 1, 4\) vs model \(3, 3, 3, 4\)"):
+        Checkpoints(tmp_path).restore(other)
+
+
+def test_workdir_with_another_config_is_kept_unless_asked(tmp_path, learnable_idx_dir):
+    workdir = tmp_path / "run"
+    prepare_workdir(workdir, tiny_config(learnable_idx_dir), overwrite=False)
+    (workdir / "precious.txt").write_text("results")
+    changed = tiny_config(learnable_idx_dir, batch_size=64)
+    with pytest.raises(ValueError, match="different config .*batch_size"):
+        prepare_workdir(workdir, changed, overwrite=False)
+    assert (workdir / "precious.txt").exists()
+    prepare_workdir(workdir, changed, overwrite=True)
+    moved = [p for p in tmp_path.iterdir() if p.name.startswith("run.old-")]
+    assert len(moved) == 1 and (moved[0] / "precious.txt").read_text() == "results"
+    assert json.loads((workdir / "config.json").read_text())["batch_size"] == 64
+
+
+class SimulatedPreemption(Exception):
+    pass
+
+
+def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tmp_path, learnable_idx_dir, monkeypatch):
+    config = tiny_config(learnable_idx_dir)
+    full = train_and_evaluate(config, tmp_path / "full")
+
+    original_save = Checkpoints.save
+
+    def save_then_die(self, state, info, best=False):
+        original_save(self, state, info, best)
+        self.close()
+        raise SimulatedPreemption
+
+    with monkeypatch.context() as m:
+        m.setattr(Checkpoints, "save", save_then_die)
+        with pytest.raises(SimulatedPreemption):
+            train_and_evaluate(config, tmp_path / "resumed")  # dies right after epoch 1's checkpoint
+    resumed = train_and_evaluate(config, tmp_path / "resumed")
+
+    assert full == resumed
+    run = setup(config)
+    template = init_state(run.model, run.tx, run.plateau_tx, run.pipeline.image_shape, config.seed, run.mesh)
+    final = {}
+    for name in ("full", "resumed"):
+        checkpoints = Checkpoints(tmp_path / name)
+        final[name], _ = checkpoints.restore(template)
+        checkpoints.close()
+    chex.assert_trees_all_equal(final["full"], final["resumed"])
+    assert int(final["full"].step) == 2 * 8  # 2 epochs of 256 training images in batches of 32
+    events_full, events_resumed = read_metrics(tmp_path / "full"), read_metrics(tmp_path / "resumed")
+    assert [e["step"] for e in events_resumed] == [e["step"] for e in events_full]  # no duplicated events
+    assert events_resumed[-1]["test/accuracy"] == events_full[-1]["test/accuracy"]
+    # It learned the task (two classes, chance 0.5) and wrote the figure and both checkpoints.
+    assert full["test/accuracy"] > 0.9
+    for name in ("curves.png", "config.json", "checkpoints", "best", "tensorboard"):
+        assert (tmp_path / "full" / name).exists(), name
+
+
+def run_cli(*args, timeout=600):
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    return subprocess.run([sys.executable, "-m", *args], env=env, capture_output=True, text=True, cwd=ROOT, timeout=timeout)
+
+
+def test_cli_trains_writes_records_and_evaluates(tmp_path, learnable_idx_dir):
+    workdir = tmp_path / "cli"
+    out = run_cli(
+        "resnet_jax.train", "--config", "experiments/quickstart.py", "--workdir", str(workdir),
+        f"--config.data.path={learnable_idx_dir}", "--config.data.val_size=64", "--config.model.widths=(4,8,16)",
+        "--config.num_epochs=1", "--config.batch_size=32",
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "epoch 1/1" in out.stdout
+    events = read_metrics(workdir)
+    assert {"train/loss", "lr", "images_per_sec"} <= set(events[0])
+    assert {"val/accuracy", "test/accuracy", "train_epoch/loss"} <= set(events[-1])
+    assert (workdir / "curves.png").stat().st_size > 10_000
+    assert any((workdir / "checkpoints").iterdir()) and any((workdir / "best").iterdir())
+
+    out = run_cli("resnet_jax.evaluate", "--workdir", str(workdir), "--checkpoint", "latest", "--split", "test")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert math.isclose(json.loads(out.stdout.splitlines()[-1])["test/accuracy"], events[-1]["test/accuracy"], rel_tol=1e-6)
+
+
+def test_cli_rejects_an_unknown_config_key(tmp_path):
+    out = run_cli("resnet_jax.train", "--config", "experiments/quickstart.py", "--workdir", str(tmp_path), "--config.lerning_rate=0.1")
+    assert out.returncode != 0
+    assert "lerning_rate" in out.stderr
+    assert not (tmp_path / "config.json").exists()
