@@ -265,13 +265,16 @@ def test_cli_trains_writes_records_and_evaluates(tmp_path, learnable_idx_dir):
     out = run_cli(
         "resnet_jax.train", "--config", "experiments/quickstart.py", "--workdir", str(workdir),
         f"--config.data.path={learnable_idx_dir}", "--config.data.val_size=64", "--config.model.widths=(4,8,16)",
-        "--config.num_epochs=1", "--config.batch_size=32",
+        "--config.num_epochs=1", "--config.batch_size=32", "--config.diagnostics_every_steps=4",
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "epoch 1/1" in out.stdout
     events = read_metrics(workdir)
-    assert {"train/loss", "lr", "images_per_sec"} <= set(events[0])
+    assert {"train/loss", "lr", "images_per_sec"} <= set(next(e for e in events if "train/loss" in e))
     assert {"val/accuracy", "test/accuracy", "train_epoch/loss"} <= set(events[-1])
+    diagnosed = [e for e in events if "diag/grad_norm/stage1_block1" in e]
+    assert [e["step"] for e in diagnosed] == [0, 4]  # every 4 steps of the 8-step epoch, before the step
+    assert all(e["diag/grad_norm/stem"] > 0 and e["diag/act_norm/head"] > 0 for e in diagnosed)
     assert (workdir / "curves.png").stat().st_size > 10_000
     assert any((workdir / "checkpoints").iterdir()) and any((workdir / "best").iterdir())
 
