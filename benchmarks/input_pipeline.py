@@ -2,19 +2,18 @@
 
 Two datasets at batch 128: real Fashion-MNIST from Debian's IDX files, zero-padded to 32x32 and repeated to 3
 channels, and CIFAR-shaped data, random uint8 50000x32x32x3 (the pipeline's cost does not depend on pixel values).
-Prints the figures and writes benchmarks/results/input_pipeline-<date>.json. The train-step benchmark imports
-`measure_pipeline` to put the two throughputs side by side.
+In the same run it times resnet20's train step (benchmarks/train_step.py) at the same batch size and reports
+pipeline / step: the pipeline must not be what limits training. Prints the figures and writes
+benchmarks/results/input_pipeline-<date>.json.
 
     .venv/bin/python benchmarks/input_pipeline.py [--steps 50] [--repeats 5] [--batch-size 128]
 """
 
 import argparse
-import datetime
 import itertools
 import json
 import os
 import statistics
-import subprocess
 import time
 from pathlib import Path
 
@@ -22,6 +21,8 @@ import jax
 import numpy as np
 
 from resnet_jax.data import Dataset, Pipeline, default_config, make_pipeline
+from resnet_jax.provenance import provenance
+from train_step import measure_jax_train_step
 
 RESULTS = Path(__file__).parent / "results"
 FASHION_MNIST = "/usr/share/datasets/fashion-mnist"  # Debian's dataset-fashion-mnist
@@ -76,16 +77,18 @@ def main() -> None:
               f"{statistics.median(rates):,.0f} images/s (median of {args.repeats} x {args.steps} batches; "
               f"min {min(rates):,.0f}, max {max(rates):,.0f})")
 
-    date = datetime.date.today().isoformat()
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=Path(__file__).parent).stdout.strip()
-    record = {"benchmark": "input_pipeline", "date": date, "git_commit": commit,
-              "devices": [str(d) for d in jax.devices()], "cpu_count": os.cpu_count(), "jax": jax.__version__,
+    step_rate = statistics.median(measure_jax_train_step("resnet20", args.batch_size, steps=5) for _ in range(3))
+    for result in results:
+        result["times_resnet20_train_step"] = result["images_per_sec"] / step_rate
+    print(f"resnet20 train step (jit, batch {args.batch_size}): {step_rate:,.0f} images/s; pipeline / step: "
+          + ", ".join(f"{r['data']} {r['times_resnet20_train_step']:,.0f}x" for r in results))
+
+    record = {"benchmark": "input_pipeline", **provenance(), "resnet20_train_step_images_per_sec": step_rate,
               "load_average_1m": {"before": load_before, "after": os.getloadavg()[0]},
               "batch_size": args.batch_size, "steps": args.steps, "repeats": args.repeats,
               "timing": "each batch waited for (block_until_ready) after a warm-up batch", "results": results}
     RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"input_pipeline-{date}.json"
+    out = RESULTS / f"input_pipeline-{record['date'][:10]}.json"
     out.write_text(json.dumps(record, indent=2) + "\n")
     print(f"wrote {out}")
 

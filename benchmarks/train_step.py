@@ -17,14 +17,12 @@ Importable: `measure_jax_train_step('resnet20', 128, steps=20)` returns JAX imag
 from __future__ import annotations
 
 import argparse
-import datetime
 import importlib
 import json
 import os
 import platform
 import signal
 import statistics
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable
@@ -40,6 +38,7 @@ import numpy as np
 import optax
 
 from resnet_jax import create_model
+from resnet_jax.provenance import cpu_model, provenance
 from resnet_jax.train import TrainState, train_step
 
 if TYPE_CHECKING:  # torch is imported where used, so that the JAX half of this file runs without it
@@ -372,29 +371,9 @@ def environment() -> dict[str, Any]:
     """Where and with what the benchmark ran."""
     import torch
 
-    def run(*cmd: str) -> str:
-        try:
-            return subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=Path(__file__).parent).stdout
-        except (OSError, subprocess.CalledProcessError):
-            return ""
-
-    cpu = next((line.split(":", 1)[1].strip() for line in run("lscpu").splitlines() if line.startswith("Model name")), "")
-    return {
-        "date": datetime.date.today().isoformat(),
-        "commit": run("git", "rev-parse", "--short", "HEAD").strip(),
-        "jax_devices": [str(d) for d in jax.devices()],
-        "cpu_model": cpu or platform.processor(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "versions": {
-            "python": platform.python_version(),
-            "jax": jax.__version__,
-            "jaxlib": importlib.import_module("jaxlib").__version__,
-            "flax": importlib.import_module("flax").__version__,
-            "optax": optax.__version__,
-            "torch": torch.__version__,
-        },
-    }
+    env = provenance()
+    env["versions"].update(python=platform.python_version(), torch=torch.__version__)
+    return {**env, "cpu_model": cpu_model(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
 
 
 def device_slug(env: dict[str, Any]) -> str:
@@ -469,7 +448,7 @@ def main() -> None:
         "ratios": ratios,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"train_step-{env['date']}-{device_slug(env)}-{args.model}-b{args.batch_size}.json"
+    path = RESULTS / f"train_step-{env['date'][:10]}-{device_slug(env)}-{args.model}-b{args.batch_size}.json"
     path.write_text(json.dumps(record, indent=2) + "\n")
     print(f"\nwrote {path}")
 

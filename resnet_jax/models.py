@@ -40,8 +40,8 @@ def zero_pad_shortcut(x: jnp.ndarray, filters: int, strides: int) -> jnp.ndarray
     return jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, extra)))
 
 
-class BasicBlock(nn.Module):
-    """Two 3x3 convs, post-activation (v1): conv-BN-ReLU, conv-BN, add, ReLU."""
+class Block(nn.Module):
+    """What every block is given: its width, conv/norm/activation factories, stride, shortcut option, residual switch."""
 
     filters: int
     conv: ModuleDef
@@ -50,6 +50,11 @@ class BasicBlock(nn.Module):
     strides: int = 1
     shortcut: str = "B"
     residual: bool = True
+
+
+class BasicBlock(Block):
+    """Two 3x3 convs, post-activation (v1): conv-BN-ReLU, conv-BN, add, ReLU."""
+
     zero_init_last: bool = False
 
     @nn.compact
@@ -62,16 +67,9 @@ class BasicBlock(nn.Module):
         return self.act(y)
 
 
-class BottleneckBlock(nn.Module):
+class BottleneckBlock(Block):
     """1x1 (reduce), 3x3, 1x1 (expand x4), post-activation. v1.5 strides the 3x3, v1 the first 1x1."""
 
-    filters: int
-    conv: ModuleDef
-    norm: ModuleDef
-    act: Callable
-    strides: int = 1
-    shortcut: str = "B"
-    residual: bool = True
     zero_init_last: bool = False
     stride_on_3x3: bool = True
     expansion = 4
@@ -97,16 +95,9 @@ def post_activation_shortcut(block: nn.Module, x: jnp.ndarray, out: int) -> jnp.
     return x
 
 
-class PreActBasicBlock(nn.Module):
+class PreActBasicBlock(Block):
     """Two 3x3 convs, pre-activation (v2): BN-ReLU-conv, BN-ReLU-conv, add (no ReLU after)."""
 
-    filters: int
-    conv: ModuleDef
-    norm: ModuleDef
-    act: Callable
-    strides: int = 1
-    shortcut: str = "B"
-    residual: bool = True
     expansion = 1
 
     @nn.compact
@@ -117,16 +108,9 @@ class PreActBasicBlock(nn.Module):
         return y + pre_activation_shortcut(self, x, pre, self.filters) if self.residual else y
 
 
-class PreActBottleneckBlock(nn.Module):
+class PreActBottleneckBlock(Block):
     """Pre-activation bottleneck (v2): BN-ReLU-1x1, BN-ReLU-3x3 (strided), BN-ReLU-1x1 (x4), add."""
 
-    filters: int
-    conv: ModuleDef
-    norm: ModuleDef
-    act: Callable
-    strides: int = 1
-    shortcut: str = "B"
-    residual: bool = True
     expansion = 4
 
     @nn.compact

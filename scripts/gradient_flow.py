@@ -10,11 +10,7 @@ block index, log y) and gradient_flow.json (the numbers, with device, date and g
 """
 
 import argparse
-import datetime
-import gzip
 import json
-import os
-import subprocess
 import time
 from pathlib import Path
 
@@ -27,28 +23,20 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 import resnet_jax  # noqa: E402
-from resnet_jax import diagnostics  # noqa: E402
+from resnet_jax import data, diagnostics  # noqa: E402
+from resnet_jax.provenance import provenance  # noqa: E402
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def fashion_mnist_batch(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """n random training images, standardised with the training set's mean/std, zero-padded to 32x32x3."""
-    with gzip.open(FASHION_MNIST / "train-images-idx3-ubyte.gz") as f:
-        images = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28).astype(np.float32) / 255
-    with gzip.open(FASHION_MNIST / "train-labels-idx1-ubyte.gz") as f:
-        labels = np.frombuffer(f.read(), np.uint8, offset=8).astype(np.int32)
-    idx = np.random.default_rng(seed).choice(len(images), n, replace=False)
-    x = np.pad(images[idx], ((0, 0), (2, 2), (2, 2)))  # pad the black background, then standardise
-    x = (x - images.mean()) / images.std()
-    return np.repeat(x[..., None], 3, axis=-1), labels[idx]
-
-
-def git_commit() -> str:
-    """HEAD, with '+dirty' if the package or this script differ from it."""
-    git = lambda *cmd: subprocess.run(["git", *cmd], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    return git("rev-parse", "HEAD") + ("+dirty" if git("status", "--porcelain", "-uno", "resnet_jax", __file__) else "")
+    """n shuffled training images through the data pipeline: zero-padded to 32x32x3, per-channel standardised."""
+    config = data.default_config()
+    config.update(name="fashion_mnist", source="idx", path=str(FASHION_MNIST), pad_to_32=True, channels=3)
+    pipeline = data.make_pipeline(config, n, jax.make_mesh((jax.device_count(),), ("data",)), seed)
+    batch = next(pipeline.train_batches(epoch=0))
+    return np.asarray(batch["image"]), np.asarray(batch["label"])
 
 
 def plot(runs: list[dict], depths: list[int], source: str, path: Path) -> None:
@@ -120,10 +108,7 @@ def main() -> None:
         "batch_size": args.batch_size,
         "seed": args.seed,
         "shortcut": "A",
-        "device": f"{jax.devices()[0].device_kind} ({jax.default_backend()}, {os.cpu_count()} CPU cores)",
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "git_commit": git_commit(),
-        "jax": jax.__version__,
+        **provenance(),
         "runs": runs,
     }
     (args.out / "gradient_flow.json").write_text(json.dumps(meta, indent=1) + "\n")

@@ -59,7 +59,7 @@ def idx_dir(tmp_path, write_idx):
 def test_idx_files_gz_and_plain_with_val_and_subset(idx_dir):
     path, arrays = idx_dir
     data = load_dataset(config(name="fashion_mnist", source="idx", path=str(path), val_size=2))
-    (train_x, train_y), (test_x, test_y) = arrays["train"], arrays["t10k"]
+    (train_x, train_y), (test_x, _) = arrays["train"], arrays["t10k"]
     assert list(data.splits) == ["train", "val", "test"]
     np.testing.assert_array_equal(data.splits["train"][0][..., 0], train_x[:5])
     np.testing.assert_array_equal(data.splits["val"][0][..., 0], train_x[5:])
