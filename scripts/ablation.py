@@ -15,15 +15,12 @@ share the grid without overlap.
 import argparse
 import ast
 import dataclasses
-import datetime
 import importlib.util
 import json
 import math
-import os
 import re
 import shlex
 import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -42,6 +39,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 from resnet_jax.checkpoints import Checkpoints, leaf_shapes  # noqa: E402
 from resnet_jax.diagnostics import layer_groups  # noqa: E402
 from resnet_jax.metrics import METRICS_FILE, epoch_series, read_metrics  # noqa: E402
+from resnet_jax.provenance import provenance  # noqa: E402
 from resnet_jax.train import train_and_evaluate  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -122,24 +120,6 @@ def write_status(workdir: Path, status: dict) -> None:
     (workdir / STATUS_FILE).write_text(json.dumps(status, indent=1) + "\n")
 
 
-def device() -> str:
-    """The accelerators JAX computes on, and the host's CPU."""
-    cpuinfo = Path("/proc/cpuinfo")
-    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
-    cpu = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "unknown CPU")
-    return f"{jax.device_count()} x {jax.devices()[0].device_kind} ({jax.default_backend()}); host: {cpu}, {os.cpu_count()} cores"
-
-
-def git_commit() -> str:
-    """HEAD, with '+dirty' when the package, the scripts or the experiment files differ from it."""
-    git = lambda *cmd: subprocess.run(["git", *cmd], cwd=ROOT, capture_output=True, text=True).stdout.strip()  # noqa: E731
-    return git("rev-parse", "--short", "HEAD") + ("+dirty" if git("status", "--porcelain", "-uno", "resnet_jax", "scripts", "experiments/*.py") else "")
-
-
-def now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-
-
 def checkpoint_params(workdir: Path) -> int:
     """Trainable parameters of the run, from its latest checkpoint's metadata (no array is read)."""
     checkpoints = Checkpoints(workdir)
@@ -157,11 +137,11 @@ def run_cell(config: ml_collections.ConfigDict, workdir: Path, command: str) -> 
             raise ValueError(f"{workdir} holds a finished run with another config; use another --root, or remove it")
         return f"skipped (done, {status['seconds']:.0f} s)"
     action = "resumed" if (workdir / "config.json").exists() else "started"
-    status.update(attempts=status.get("attempts", 0) + 1, command=command, device=device(), commit=git_commit())
+    status.update(attempts=status.get("attempts", 0) + 1, command=command)
     start = time.perf_counter()
     try:
         record = train_and_evaluate(config, workdir)
-        status.update(done=True, finished=now(), params=checkpoint_params(workdir))
+        status.update(done=True, params=checkpoint_params(workdir), **provenance())  # date: when it finished
     finally:
         elapsed = time.perf_counter() - start
         status["seconds"] = status.get("seconds", 0.0) + elapsed
@@ -389,23 +369,25 @@ def write_report(root: Path, out: Path, command: str, copy_metrics: bool = False
     table = summarize(done)
     plot_figure6(done, out / "figure6.png")
     has_gradients = plot_gradients(done, out / "gradient_norms.png")
+    report = provenance()
     meta = {
         "run_commands": sorted({r.status["command"] for r in done}),
         "report_command": command,
-        "devices": sorted({r.status["device"] for r in done}),
+        "devices": sorted({f"{r.status['device']}; host CPU {r.status['cpu']}" for r in done}),
         "commits": sorted({r.status["commit"] for r in done}),
-        "finished": [min(r.status["finished"] for r in done), max(r.status["finished"] for r in done)],
-        "report_date": now(),
-        "report_commit": git_commit(),
+        "finished": [min(r.status["date"] for r in done), max(r.status["date"] for r in done)],
+        "load_average_1m": [min(r.status["load_average_1m"] for r in done), max(r.status["load_average_1m"] for r in done)],
         "total_seconds": sum(r.status["seconds"] for r in done),
+        "report": report,
     }
 
     lines = [f"# Plain vs residual networks: depth ablation ({root.name})", "", "## How it was produced", ""]
     lines += [f"- Runs: `{c}`" for c in meta["run_commands"]]
     lines += [f"- Report: `{command}`",
               f"- Device: {'; '.join(meta['devices'])}",
-              f"- Runs finished {meta['finished'][0]} to {meta['finished'][1]}, at commit {', '.join(meta['commits'])}; "
-              f"report {meta['report_date']} at {meta['report_commit']}",
+              f"- Runs finished {meta['finished'][0]} to {meta['finished'][1]} at commit {', '.join(meta['commits'])} "
+              f"(1-minute load average at their ends: {meta['load_average_1m'][0]} to {meta['load_average_1m'][1]}); "
+              f"report {report['date']} at {report['commit']}; jax {report['versions']['jax']}, flax {report['versions']['flax']}",
               f"- Wall time: {meta['total_seconds']:.0f} s ({meta['total_seconds'] / 60:.1f} min), the sum over the "
               f"{len(done)} runs (data loading, compilation and evaluation included)"]
     if len(done) < len(runs):

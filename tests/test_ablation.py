@@ -63,7 +63,8 @@ def fake_run(root: Path, cell: Cell, train_accuracy: float, test_accuracy: float
     prepare_workdir(workdir, ablation.cell_config(cpu_config, cell, {}), overwrite=False)
     write_events(workdir, train_accuracy, test_accuracy)
     status = {"done": True, "seconds": 10.0, "params": 1000 * cell.depth, "command": "python scripts/ablation.py run",
-              "device": "1 x cpu", "commit": "abc123", "finished": "2026-01-01T00:00:00+00:00", "attempts": 1}
+              "device": "1 x cpu (cpu)", "cpu": "AMD EPYC, 2 cores", "commit": "abc123", "date": "2026-01-01T00:00:00+00:00",
+              "load_average_1m": 2.0, "attempts": 1}
     ablation.write_status(workdir, status)
 
 
@@ -121,7 +122,7 @@ def test_report_means_stds_figures_and_files(tmp_path):
     assert summary["table"]["residual"][8]["test"] == pytest.approx((15.0, 0.0))
     report = (out / "report.md").read_text()
     assert "| plain8 | 8 | 8,000 | 9.00 ± 1.41 | 18.00 ± 2.83 | 0, 1 | 10 |" in report
-    assert "python scripts/ablation.py run" in report and "1 x cpu" in report and "abc123" in report
+    assert "python scripts/ablation.py run" in report and "1 x cpu (cpu); host CPU AMD EPYC, 2 cores" in report and "abc123" in report
     for figure in ("figure6.png", "gradient_norms.png"):
         assert (out / figure).stat().st_size > 20_000, figure
     assert (out / "runs" / "plain8-seed1" / "metrics.jsonl").exists()
