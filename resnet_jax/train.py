@@ -31,6 +31,7 @@ from tqdm import tqdm
 from resnet_jax import data as data_lib
 from resnet_jax import optim
 from resnet_jax.checkpoints import Checkpoints
+from resnet_jax.diagnostics import diagnostics_fn
 from resnet_jax.metrics import MetricWriter, plot_curves
 from resnet_jax.models import ResNet, create_model
 
@@ -253,11 +254,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, o
     train_fn, eval_fn = compile_steps(run.model, run.tx, run.mesh, config.label_smoothing)
     writer = MetricWriter(workdir, resume_step=int(state.step)) if lead else None
 
-    diagnose = None
-    if config.diagnostics_every_steps:
-        from resnet_jax.diagnostics import diagnostics_fn
-
-        diagnose = diagnostics_fn(run.model)
+    diagnose = diagnostics_fn(run.model) if config.diagnostics_every_steps else None
 
     record: dict[str, float] = info.get("record", {})
     step = int(state.step)
