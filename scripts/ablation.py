@@ -16,6 +16,7 @@ import argparse
 import ast
 import dataclasses
 import importlib.util
+import itertools
 import json
 import math
 import re
@@ -173,8 +174,8 @@ class Run:
 
     @property
     def train_error(self) -> float:
-        """Training error (%) over the last logged window of `log_every_steps` steps."""
-        return 100 * (1 - epoch_series(self.events, "train/accuracy")[1][-1])
+        """Training error (%) over the last epoch: the mean over its training steps, as trained."""
+        return 100 * (1 - epoch_series(self.events, "train_epoch/accuracy")[1][-1])
 
     @property
     def test_error(self) -> float:
@@ -231,41 +232,58 @@ def compare(a: tuple[float, float | None], b: tuple[float, float | None]) -> str
     return "higher" if b[0] > a[0] else "lower"
 
 
+MEANING = {
+    ("plain", "higher"): "the deeper plain net trains worse (degradation)",
+    ("plain", "lower"): "the deeper plain net does not (yet) train worse",
+    ("plain", "about the same"): "the deeper plain net does not (yet) train worse",
+    ("residual", "higher"): "here even the deeper residual net trains worse",
+    ("residual", "lower"): "the deeper residual net trains better",
+    ("residual", "about the same"): "the deeper residual net trains as well",
+}
+
+
+def than(word: str) -> str:
+    return "as" if word == "about the same" else "than"
+
+
 def observations(table: dict[str, dict[int, dict]]) -> list[str]:
-    """Sentences computed from the table: does depth hurt the plain nets' training error, and the residual ones'?"""
-    lines, verdict = [], {}
+    """Sentences computed from the table: does depth raise the plain nets' training error, and the residual nets'?"""
+    lines, change = [], {}
     for net in ("plain", "residual"):
         depths = sorted(table.get(net, {}))
         if len(depths) < 2:
             continue
-        model = lambda d: Cell(net, d, 0).model  # noqa: E731
+        name = {d: Cell(net, d, 0).model for d in depths}
         shallow, deep = table[net][depths[0]], table[net][depths[-1]]
-        word = verdict[net] = compare(shallow["train"], deep["train"])
-        steps = ", ".join(f"{model(a)} → {model(b)}: {table[net][b]['train'][0] - table[net][a]['train'][0]:+.2f} pp"
-                          for a, b in zip(depths, depths[1:]))
-        if net == "plain":
-            meaning = {"higher": "the deeper plain net trains worse: degradation", "lower": "the deeper plain net did not (yet) train worse",
-                       "about the same": "the deeper plain net did not (yet) train worse"}[word]
-        else:
-            meaning = {"higher": "even the deeper residual net trains worse here", "lower": "the deeper residual net trains better",
-                       "about the same": "the deeper residual net trains as well"}[word]
-        lines.append(f"**{net.capitalize()}:** {model(depths[-1])} ends with {word} training error than {model(depths[0])} "
-                     f"({fmt(deep['train'])}% vs {fmt(shallow['train'])}%): {meaning} (step by step in depth: {steps}). "
-                     f"Test error: {fmt(deep['test'])}% vs {fmt(shallow['test'])}% ({compare(shallow['test'], deep['test'])}).")
+        word = compare(shallow["train"], deep["train"])
+        change[net] = (word, deep["train"][0] - shallow["train"][0])
+        steps = ", ".join(f"{name[a]} → {name[b]} {table[net][b]['train'][0] - table[net][a]['train'][0]:+.2f}"
+                          for a, b in itertools.pairwise(depths))
+        test_word = compare(shallow["test"], deep["test"])
+        lines.append(f"**{net.capitalize()}:** {name[depths[-1]]} ends with {word} training error {than(word)} {name[depths[0]]} "
+                     f"({fmt(deep['train'])}% vs {fmt(shallow['train'])}%): {MEANING[net, word]}. Depth by depth, in "
+                     f"points: {steps}. Test error is {test_word} ({fmt(deep['test'])}% vs {fmt(shallow['test'])}%).")
     for depth in sorted(set(table.get("plain", {})) & set(table.get("residual", {}))):
         plain, residual = table["plain"][depth], table["residual"][depth]
-        lines.append(f"At depth {depth}, resnet{depth} ends with {compare(plain['train'], residual['train'])} training error than "
-                     f"plain{depth} ({fmt(residual['train'])}% vs {fmt(plain['train'])}%) and "
-                     f"{compare(plain['test'], residual['test'])} test error ({fmt(residual['test'])}% vs {fmt(plain['test'])}%).")
-    if len(verdict) == 2:
-        degrades, holds = verdict["plain"] == "higher", verdict["residual"] != "higher"
-        summary = ("reproduced: the deeper plain net trains worse while the deeper residual net does not" if degrades and holds else
-                   "not reproduced: the deeper plain net did not (yet) train worse" if not degrades else
-                   "not reproduced: the deeper residual net trains worse too")
-        lines.append(f"**Verdict:** the paper's degradation effect is {summary}.")
+        train_word, test_word = compare(plain["train"], residual["train"]), compare(plain["test"], residual["test"])
+        lines.append(f"At depth {depth}, resnet{depth} ends with {train_word} training error {than(train_word)} plain{depth} "
+                     f"({fmt(residual['train'])}% vs {fmt(plain['train'])}%) and {test_word} test error "
+                     f"({fmt(residual['test'])}% vs {fmt(plain['test'])}%).")
+    if len(change) == 2:
+        (plain_word, plain_delta), (residual_word, residual_delta) = change["plain"], change["residual"]
+        if plain_word != "higher":
+            verdict = "not reproduced: the deeper plain net does not (yet) train worse"
+        elif residual_word != "higher":
+            verdict = "reproduced: the deeper plain net trains worse, the deeper residual net does not"
+        else:
+            verdict = "partly reproduced: both deeper nets train worse"
+        lines.append(f"**Verdict:** the paper's degradation effect is {verdict} (training error from the shallowest to the "
+                     f"deepest net: plain {plain_delta:+.2f} points, residual {residual_delta:+.2f} points).")
     if any(len(row["seeds"]) < 2 for rows in table.values() for row in rows.values()):
         lines.append("With one seed per cell there is no estimate of seed-to-seed spread; differences of a fraction of "
                      "a point may be noise.")
+    else:
+        lines.append("Differences no larger than the larger of the two seed standard deviations are called about the same.")
     return lines
 
 
@@ -310,7 +328,8 @@ def plot_figure6(runs: list[Run], path: Path) -> None:
         ax.legend(handles=ax.get_legend_handles_labels()[0] + styles, loc="upper right")
     axes[0].set_ylabel("error (%)")
     axes[0].set_ylim(0, min(100, max(5.0, 2.5 * top)))  # the final errors in the lower part, as in the paper
-    fig.suptitle("Training error (dashed, over the last logged steps) and test error (solid, per epoch), as in He et al. Figure 6")
+    fig.suptitle(f"Training error (dashed, each {runs[0].config['log_every_steps']} iterations) and test error (solid, after each "
+                 "epoch) vs iterations, as in He et al. 2015, Figure 6")
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
@@ -398,9 +417,9 @@ def write_report(root: Path, out: Path, command: str, copy_metrics: bool = False
     lines += [f"| {k} | {config_value(first, k)} |" for k in SUMMARY_KEYS]
 
     lines += ["", "## Results", "",
-              "Final training error: 1 − training accuracy over the last logged window of "
-              f"{first['log_every_steps']} steps (train mode, augmented as in training). Final test error: after the last "
-              "epoch. Mean ± sample standard deviation over seeds, in %."]
+              "Final training error: 1 − training accuracy over the last epoch, on the batches as they were trained "
+              "(train-mode BN, the run's augmentation, the weights moving). Final test error: after the last epoch. "
+              "Mean ± sample standard deviation over seeds, in %."]
     for net, rows in table.items():
         lines += ["", f"### {'Plain' if net == 'plain' else 'Residual'} networks", "",
                   "| model | depth | params | train error (%) | test error (%) | seeds | wall time per run (s) |",

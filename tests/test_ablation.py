@@ -53,7 +53,8 @@ def write_events(workdir: Path, train_accuracy: float, test_accuracy: float, ste
     for step in range(10, steps + 1, 10):
         events.append({"step": step, "epoch": step / 50, "train/accuracy": train_accuracy * step / steps})
         if step % 50 == 0:
-            events.append({"step": step, "epoch": step / 50, "test/accuracy": test_accuracy * step / steps})
+            events.append({"step": step, "epoch": step / 50, "train_epoch/accuracy": train_accuracy * step / steps,
+                           "test/accuracy": test_accuracy * step / steps})
     (workdir / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
 
 
@@ -144,13 +145,16 @@ def test_observed_sentences_follow_the_numbers(tmp_path):
     degraded = observed(tmp_path / "a", plain56_train=0.80, residual56_train=0.95)
     assert "plain56 ends with higher training error than plain8 (20.00% vs 10.00%)" in degraded
     assert "the deeper plain net trains worse" in degraded and "the deeper residual net trains better" in degraded
-    assert "degradation effect is reproduced" in degraded
+    assert "degradation effect is reproduced" in degraded and "plain +10.00 points, residual -5.00 points" in degraded
     assert "resnet56 ends with lower training error than plain56" in degraded
 
     flipped = observed(tmp_path / "b", plain56_train=0.95, residual56_train=0.80)
     assert "plain56 ends with lower training error than plain8 (5.00% vs 10.00%)" in flipped
-    assert "the deeper plain net did not (yet) train worse" in flipped
+    assert "the deeper plain net does not (yet) train worse" in flipped
     assert "degradation effect is not reproduced" in flipped
+
+    both = observed(tmp_path / "c", plain56_train=0.80, residual56_train=0.85)
+    assert "here even the deeper residual net trains worse" in both and "degradation effect is partly reproduced" in both
 
 
 def test_a_real_tiny_grid_end_to_end(tmp_path, learnable_idx_dir):
