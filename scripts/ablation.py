@@ -28,7 +28,6 @@ from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
-import jax
 import matplotlib
 import ml_collections
 import numpy as np
@@ -209,9 +208,9 @@ def summarize(runs: list[Run]) -> dict[str, dict[int, dict]]:
             depth: {
                 "train": mean_std([r.train_error for r in group]),
                 "test": mean_std([r.test_error for r in group]),
-                "params": group[0].status.get("params"),
+                "params": group[0].status["params"],
                 "seeds": [r.cell.seed for r in group],
-                "seconds": float(np.mean([r.status.get("seconds", math.nan) for r in group])),
+                "seconds": float(np.mean([r.status["seconds"] for r in group])),
             }
             for depth, group in sorted(by_depth.items())
         }
@@ -248,21 +247,23 @@ def than(word: str) -> str:
 
 def observations(table: dict[str, dict[int, dict]]) -> list[str]:
     """Sentences computed from the table: does depth raise the plain nets' training error, and the residual nets'?"""
-    lines, change = [], {}
+    lines, change, rises = [], {}, {}
     for net in ("plain", "residual"):
-        depths = sorted(table.get(net, {}))
-        if len(depths) < 2:
+        rows = dict(sorted(table.get(net, {}).items()))
+        if len(rows) < 2:
             continue
-        name = {d: Cell(net, d, 0).model for d in depths}
-        shallow, deep = table[net][depths[0]], table[net][depths[-1]]
+        name = {d: Cell(net, d, 0).model for d in rows}
+        (low, shallow), (high, deep) = list(rows.items())[0], list(rows.items())[-1]
         word = compare(shallow["train"], deep["train"])
         change[net] = (word, deep["train"][0] - shallow["train"][0])
-        steps = ", ".join(f"{name[a]} → {name[b]} {table[net][b]['train'][0] - table[net][a]['train'][0]:+.2f}"
-                          for a, b in itertools.pairwise(depths))
+        steps = [(f"{name[a]} → {name[b]}", rows[b]["train"][0] - rows[a]["train"][0], compare(rows[a]["train"], rows[b]["train"]))
+                 for a, b in itertools.pairwise(rows)]
+        rises[net] = [f"{step} ({delta:+.2f} points)" for step, delta, w in steps if w == "higher"]
+        by_depth = ", ".join(f"{step} {delta:+.2f} ({w})" for step, delta, w in steps)
         test_word = compare(shallow["test"], deep["test"])
-        lines.append(f"**{net.capitalize()}:** {name[depths[-1]]} ends with {word} training error {than(word)} {name[depths[0]]} "
+        lines.append(f"**{net.capitalize()}:** {name[high]} ends with {word} training error {than(word)} {name[low]} "
                      f"({fmt(deep['train'])}% vs {fmt(shallow['train'])}%): {MEANING[net, word]}. Depth by depth, in "
-                     f"points: {steps}. Test error is {test_word} ({fmt(deep['test'])}% vs {fmt(shallow['test'])}%).")
+                     f"points: {by_depth}. Test error is {test_word} ({fmt(deep['test'])}% vs {fmt(shallow['test'])}%).")
     for depth in sorted(set(table.get("plain", {})) & set(table.get("residual", {}))):
         plain, residual = table["plain"][depth], table["residual"][depth]
         train_word, test_word = compare(plain["train"], residual["train"]), compare(plain["test"], residual["test"])
@@ -277,8 +278,9 @@ def observations(table: dict[str, dict[int, dict]]) -> list[str]:
             verdict = "reproduced: the deeper plain net trains worse, the deeper residual net does not"
         else:
             verdict = "partly reproduced: both deeper nets train worse"
+        caveat = f"; but between neighbouring depths, {', '.join(rises['residual'])} does raise it" if rises["residual"] else ""
         lines.append(f"**Verdict:** the paper's degradation effect is {verdict} (training error from the shallowest to the "
-                     f"deepest net: plain {plain_delta:+.2f} points, residual {residual_delta:+.2f} points).")
+                     f"deepest net: plain {plain_delta:+.2f} points, residual {residual_delta:+.2f} points{caveat}).")
     if any(len(row["seeds"]) < 2 for rows in table.values() for row in rows.values()):
         lines.append("With one seed per cell there is no estimate of seed-to-seed spread; differences of a fraction of "
                      "a point may be noise.")
@@ -334,26 +336,26 @@ def plot_figure6(runs: list[Run], path: Path) -> None:
     plt.close(fig)
 
 
-def plot_gradients(runs: list[Run], path: Path) -> bool:
-    """Gradient norm per block at the first and last logged diagnostics step, plain vs residual, one seed per depth.
-    Returns False (and writes nothing) when no run logged diagnostics."""
-    firsts = {}
+def gradient_profiles(runs: list[Run]) -> dict[Cell, list[tuple[int, dict[str, float]]]]:
+    """Gradient norm per block (stem to head, in forward order) at the first and last logged diagnostics step, for the
+    first seed of each net and depth that logged diagnostics: cell -> [(step, {group: norm}), (step, {group: norm})]."""
+    profiles = {}
     for run in runs:
         diag = [e for e in run.events if any(k.startswith(GRAD_PREFIX) for k in e)]
-        if diag and (run.cell.net, run.cell.depth) not in firsts:
-            firsts[run.cell.net, run.cell.depth] = (run, diag[0], diag[-1])
-    if not firsts:
-        return False
-    colors = depth_colors(runs)
+        if diag and all((c.net, c.depth) != (run.cell.net, run.cell.depth) for c in profiles):
+            groups = layer_groups(dict.fromkeys(k.removeprefix(GRAD_PREFIX) for k in diag[0] if k.startswith(GRAD_PREFIX)))
+            profiles[run.cell] = [(e["step"], {g: e[GRAD_PREFIX + g] for g in groups}) for e in (diag[0], diag[-1])]
+    return profiles
+
+
+def plot_gradients(profiles: dict[Cell, list[tuple[int, dict[str, float]]]], colors: dict[int, tuple], path: Path) -> None:
+    """The gradient profiles, plain left and residual right: solid at the first logged step, dashed at the last."""
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.6), sharey=True, constrained_layout=True)
     for ax, net in zip(axes, ("plain", "residual")):
-        for (kind, depth), (run, first, last) in sorted(firsts.items()):
-            if kind != net:
-                continue
-            groups = layer_groups(dict.fromkeys(k.removeprefix(GRAD_PREFIX) for k in first if k.startswith(GRAD_PREFIX)))
-            for event, style in ((first, "-"), (last, "--")):
-                ax.plot([event[GRAD_PREFIX + g] for g in groups], style, color=colors[depth], lw=1.3, marker="o", ms=2,
-                        label=f"{run.cell.model}, step {event['step']}")
+        for cell, steps in profiles.items():
+            if cell.net == net:
+                for (step, norms), style in zip(steps, ("-", "--")):
+                    ax.plot(list(norms.values()), style, color=colors[cell.depth], lw=1.3, marker="o", ms=2, label=f"{cell.model}, step {step}")
         ax.set_yscale("log")
         ax.set_title(f"{'Plain' if net == 'plain' else 'Residual'} networks: gradient norm per block")
         ax.set_xlabel("block index (0 = stem, last = head)")
@@ -363,7 +365,6 @@ def plot_gradients(runs: list[Run], path: Path) -> bool:
     fig.suptitle("Gradient norm per block at the first (solid) and last (dashed) logged step (train-mode BN, one seed)")
     fig.savefig(path, dpi=120)
     plt.close(fig)
-    return True
 
 
 SUMMARY_KEYS = ("data.name", "data.source", "data.train_subset", "data.val_size", "data.image_size", "data.augment",
@@ -378,6 +379,14 @@ def config_value(config: dict, key: str):
     return config
 
 
+def copy_records(runs: list[Run], root: Path, dest: Path) -> None:
+    """Each run's small records (not its checkpoints) to dest/<cell name>/."""
+    for run in runs:
+        (dest / run.cell.name).mkdir(parents=True, exist_ok=True)
+        for name in (METRICS_FILE, "config.json", STATUS_FILE):
+            shutil.copy(root / run.cell.name / name, dest / run.cell.name / name)
+
+
 def write_report(root: Path, out: Path, command: str, copy_metrics: bool = False) -> dict:
     """report.md, figure6.png, gradient_norms.png (if diagnostics were logged) and summary.json in `out`."""
     runs = load_runs(root)
@@ -387,7 +396,9 @@ def write_report(root: Path, out: Path, command: str, copy_metrics: bool = False
     out.mkdir(parents=True, exist_ok=True)
     table = summarize(done)
     plot_figure6(done, out / "figure6.png")
-    has_gradients = plot_gradients(done, out / "gradient_norms.png")
+    profiles = gradient_profiles(done)
+    if profiles:
+        plot_gradients(profiles, depth_colors(done), out / "gradient_norms.png")
     report = provenance()
     meta = {
         "run_commands": sorted({r.status["command"] for r in done}),
@@ -400,7 +411,7 @@ def write_report(root: Path, out: Path, command: str, copy_metrics: bool = False
         "report": report,
     }
 
-    lines = [f"# Plain vs residual networks: depth ablation ({root.name})", "", "## How it was produced", ""]
+    lines = [f"# Plain vs residual networks: depth ablation ({out.name})", "", "## How it was produced", ""]
     lines += [f"- Runs: `{c}`" for c in meta["run_commands"]]
     lines += [f"- Report: `{command}`",
               f"- Device: {'; '.join(meta['devices'])}",
@@ -425,28 +436,28 @@ def write_report(root: Path, out: Path, command: str, copy_metrics: bool = False
                   "| model | depth | params | train error (%) | test error (%) | seeds | wall time per run (s) |",
                   "| --- | ---: | ---: | ---: | ---: | --- | ---: |"]
         for depth, row in rows.items():
-            params = f"{row['params']:,}" if row["params"] else "–"
-            lines.append(f"| {Cell(net, depth, 0).model} | {depth} | {params} | {fmt(row['train'])} | {fmt(row['test'])} | "
+            lines.append(f"| {Cell(net, depth, 0).model} | {depth} | {row['params']:,} | {fmt(row['train'])} | {fmt(row['test'])} | "
                          f"{', '.join(map(str, row['seeds']))} | {row['seconds']:.0f} |")
     lines += ["", "![Figure 6](figure6.png)", "", "## What we observed", ""]
     lines += [f"- {line}" for line in observations(table)]
-    if has_gradients:
+    if profiles:
         lines += ["", "## Gradient norm per block", "",
-                  "From `diag/grad_norm/<block>` (logged every `diagnostics_every_steps`; one seed per depth): the "
-                  "gradient of the cross-entropy with respect to each block's parameters, on one training batch, "
-                  "at the first logged step (initialization) and the last.", "", "![Gradient norms](gradient_norms.png)"]
+                  "From `diag/grad_norm/<block>` (logged every `diagnostics_every_steps`; first seed of each depth): the "
+                  "norm of the gradient of the cross-entropy with respect to each block's parameters, on one training "
+                  "batch, at the first logged step (initialization) and the last.", "", "![Gradient norms](gradient_norms.png)",
+                  "", "Ratio of the stem's gradient norm to the last block's (> 1: the gradient grows towards the input):",
+                  "", "| model | at the first logged step | at the last logged step |", "| --- | ---: | ---: |"]
+        for cell, steps in profiles.items():
+            ratios = [norms["stem"] / norms[[g for g in norms if g.startswith("stage")][-1]] for _, norms in steps]
+            lines.append(f"| {cell.model} | " + " | ".join(f"{r:.3g} (step {step})" for r, (step, _) in zip(ratios, steps)) + " |")
     if copy_metrics:
-        for run in done:
-            dest = out / "runs" / run.cell.name
-            dest.mkdir(parents=True, exist_ok=True)
-            for name in (METRICS_FILE, "config.json", STATUS_FILE):
-                shutil.copy(root / run.cell.name / name, dest / name)
+        copy_records(done, root, out / "runs")
         lines += ["", f"Each run's metrics.jsonl, config.json and {STATUS_FILE} are in `runs/`; "
-                  f"`python scripts/ablation.py report --root {out}/runs --out {out}` rebuilds this report from them."]
+                  f"`python scripts/ablation.py report --root {out}/runs --out {out}` rebuilds the tables and figures from them."]
     (out / "report.md").write_text("\n".join(lines) + "\n")
 
     cells = [{"name": r.cell.name, "model": r.cell.model, "depth": r.cell.depth, "seed": r.cell.seed,
-              "params": r.status.get("params"), "train_error": r.train_error, "test_error": r.test_error,
+              "params": r.status["params"], "train_error": r.train_error, "test_error": r.test_error,
               "steps": r.events[-1]["step"], "seconds": r.status["seconds"]} for r in done]
     summary = {**meta, "table": table, "cells": cells}
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
