@@ -451,9 +451,9 @@ def write_report(root: Path, out: Path, command: str, copy_metrics: bool = False
             ratios = [norms["stem"] / norms[[g for g in norms if g.startswith("stage")][-1]] for _, norms in steps]
             lines.append(f"| {cell.model} | " + " | ".join(f"{r:.3g} (step {step})" for r, (step, _) in zip(ratios, steps)) + " |")
     if copy_metrics:
-        copy_records(done, root, out / "runs")
-        lines += ["", f"Each run's metrics.jsonl, config.json and {STATUS_FILE} are in `runs/`; "
-                  f"`python scripts/ablation.py report --root {out}/runs --out {out}` rebuilds the tables and figures from them."]
+        copy_records(done, root, out / "records")
+        lines += ["", f"Each run's metrics.jsonl, config.json and {STATUS_FILE} are in `records/`; "
+                  f"`python scripts/ablation.py report --root {out}/records --out {out}` rebuilds the tables and figures from them."]
     (out / "report.md").write_text("\n".join(lines) + "\n")
 
     cells = [{"name": r.cell.name, "model": r.cell.model, "depth": r.cell.depth, "seed": r.cell.seed,
@@ -479,7 +479,7 @@ def main() -> None:
     report = commands.add_parser("report", help="write report.md, figure6.png and summary.json from the runs' records")
     report.add_argument("--root", type=Path, required=True)
     report.add_argument("--out", type=Path, required=True)
-    report.add_argument("--copy-metrics", action="store_true", help="copy each run's metrics.jsonl, config.json and status to OUT/runs")
+    report.add_argument("--copy-metrics", action="store_true", help="copy each run's metrics.jsonl, config.json and status to OUT/records")
     args = parser.parse_args()
     command = shlex.join(["python", *sys.argv])
 

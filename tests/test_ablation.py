@@ -126,9 +126,9 @@ def test_report_means_stds_figures_and_files(tmp_path):
     assert "python scripts/ablation.py run" in report and "1 x cpu (cpu); host CPU AMD EPYC, 2 cores" in report and "abc123" in report
     for figure in ("figure6.png", "gradient_norms.png"):
         assert (out / figure).stat().st_size > 20_000, figure
-    assert (out / "runs" / "plain8-seed1" / "metrics.jsonl").exists()
+    assert (out / "records" / "plain8-seed1" / "metrics.jsonl").exists()
     # The copies are enough to build the same report again.
-    again = ablation.write_report(out / "runs", tmp_path / "again", "python scripts/ablation.py report")
+    again = ablation.write_report(out / "records", tmp_path / "again", "python scripts/ablation.py report")
     assert again["table"] == summary["table"]
 
 
