@@ -35,13 +35,18 @@ class Checkpoints:
     def latest_step(self, which: str = "latest") -> int | None:
         return self.managers[which].latest_step()
 
+    def saved_shapes(self, which: str = "latest") -> dict[str, tuple[int, ...]]:
+        """{'params/stem_conv/kernel': shape, ...} of the newest `which` checkpoint, from its metadata (no array is read)."""
+        manager = self.managers[which]
+        return leaf_shapes(manager.item_metadata(manager.latest_step())["state"])
+
     def restore(self, abstract_state: Any, which: str = "latest") -> tuple[Any, dict] | None:
         """The newest `which` checkpoint as (state, info), laid out like `abstract_state`; None if there is none."""
         manager = self.managers[which]
         step = manager.latest_step()
         if step is None:
             return None
-        check_compatible(manager.item_metadata(step)["state"], abstract_state, manager.directory / str(step))
+        check_compatible(self.saved_shapes(which), leaf_shapes(abstract_state), manager.directory / str(step))
         restored = manager.restore(
             step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), info=ocp.args.JsonRestore())
         )
@@ -62,9 +67,8 @@ def leaf_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
     return {"/".join(map(name, path)): tuple(leaf.shape) for path, leaf in jax.tree_util.tree_leaves_with_path(tree) if hasattr(leaf, "shape")}
 
 
-def check_compatible(saved: Any, abstract_state: Any, where: Path) -> None:
+def check_compatible(saved_shapes: dict, wanted: dict, where: Path) -> None:
     """Refuse, with the differing entries named, a checkpoint whose arrays do not fit the model being built."""
-    saved_shapes, wanted = leaf_shapes(saved), leaf_shapes(abstract_state)
     differ = [
         f"{k}: checkpoint {saved_shapes.get(k, 'missing')} vs model {wanted.get(k, 'missing')}"
         for k in sorted(set(saved_shapes) | set(wanted))

@@ -36,7 +36,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
-from resnet_jax.checkpoints import Checkpoints, leaf_shapes  # noqa: E402
+from resnet_jax.checkpoints import Checkpoints  # noqa: E402
 from resnet_jax.diagnostics import layer_groups  # noqa: E402
 from resnet_jax.metrics import METRICS_FILE, epoch_series, read_metrics  # noqa: E402
 from resnet_jax.provenance import provenance  # noqa: E402
@@ -123,8 +123,7 @@ def write_status(workdir: Path, status: dict) -> None:
 def checkpoint_params(workdir: Path) -> int:
     """Trainable parameters of the run, from its latest checkpoint's metadata (no array is read)."""
     checkpoints = Checkpoints(workdir)
-    manager = checkpoints.managers["latest"]
-    shapes = leaf_shapes(manager.item_metadata(manager.latest_step())["state"])
+    shapes = checkpoints.saved_shapes()
     checkpoints.close()
     return sum(math.prod(shape) for key, shape in shapes.items() if key.startswith("params/"))
 
