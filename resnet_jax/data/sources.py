@@ -83,13 +83,13 @@ def load_dataset(config: ml_collections.ConfigDict) -> Dataset:
     if config.source not in readers:
         raise DataError(f"unknown source {config.source!r}; choose one of {', '.join(SOURCES)}")
     splits, class_names, origin = readers[config.source](config)
-    if config.image_size and config.source in ("idx", "cifar"):
-        splits = {k: _resize_arrays(x, y, config.image_size) for k, (x, y) in splits.items()}
     if "val" in splits and config.val_size:
         raise DataError(f"{origin} already has a val split; set val_size=0 or remove it")
     ranges = split_ranges(len(splits["train"][1]), config.val_size, config.train_subset)
     x, y = splits.pop("train")
     splits = {k: (x[a:b], y[a:b]) for k, (a, b) in ranges.items()} | splits
+    if config.image_size and config.source in ("idx", "cifar"):  # after the subset: resize only what is used
+        splits = {k: _resize_arrays(x, y, config.image_size) for k, (x, y) in splits.items()}
     print(f"data: {config.name} from {origin}", flush=True)
     return Dataset(config.name, splits, len(class_names), class_names, origin)
 
