@@ -23,9 +23,13 @@ class MetricWriter:
 
     def __init__(self, workdir: str | Path, resume_step: int = 0):
         self.path = Path(workdir) / METRICS_FILE
-        # A resumed run replays the steps after its last checkpoint: drop the events it will log again.
+        # A resumed run replays the steps after its last checkpoint: drop the events it will log again
+        # (diagnostics at the resume step itself are measured before that step, so they come again too).
         if self.path.exists():
-            kept = [e for e in read_metrics(self.path.parent) if e["step"] <= resume_step]
+            kept = [
+                e for e in read_metrics(self.path.parent)
+                if e["step"] < resume_step or (e["step"] == resume_step and not any(k.startswith("diag/") for k in e))
+            ]
             self.path.write_text("".join(json.dumps(e) + "\n" for e in kept))
         self.tb = tensorboard.SummaryWriter(str(Path(workdir) / "tensorboard"))
 

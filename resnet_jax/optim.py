@@ -29,7 +29,10 @@ def schedule_config() -> ml_collections.ConfigDict:
 
 
 def plateau_config() -> ml_collections.ConfigDict:
-    """Keras' ReduceLROnPlateau: on an epoch-level metric that stopped improving, multiply the rate by factor."""
+    """Keras' ReduceLROnPlateau: on an epoch-level metric that stopped improving, multiply the rate by factor.
+
+    The cuts multiply the schedule's rate; min_lr bounds the multiplier at min_lr / optimizer.learning_rate.
+    """
     return ml_collections.ConfigDict(
         dict(enabled=False, monitor="val/loss", factor=0.1**0.5, patience=5, min_lr=0.5e-6, cooldown=0)
     )

@@ -31,11 +31,17 @@ from tqdm import tqdm
 from resnet_jax import data as data_lib
 from resnet_jax import optim
 from resnet_jax.checkpoints import Checkpoints
-from resnet_jax.diagnostics import diagnostics_fn
+from resnet_jax.diagnostics import diagnostics_fn, update_ratio_metrics
 from resnet_jax.metrics import MetricWriter, plot_curves
 from resnet_jax.models import ResNet, create_model
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+EVAL_METRICS = ("loss", "accuracy", "top5")
+
+
+def higher_is_better(metric: str) -> bool:
+    """Accuracies improve upwards, losses downwards (for the best checkpoint and the plateau)."""
+    return not metric.endswith("loss")
 
 
 class TrainState(struct.PyTreeNode):
@@ -145,14 +151,17 @@ def setup(config: ml_collections.ConfigDict) -> Run:
     if total_steps <= 0:
         raise ValueError(f"nothing to train: num_epochs={config.num_epochs}, num_steps={config.num_steps}")
     eval_splits = [s for s in ("val", "test") if s in pipeline.split_sizes]
+    if not eval_splits:
+        raise ValueError(f"{config.data.name} has no 'val' or 'test' split to evaluate on; set data.val_size > 0")
     best_metric = config.best_metric or f"{eval_splits[0]}/accuracy"
     monitored = {"best_metric": best_metric, **({"plateau.monitor": config.plateau.monitor} if config.plateau.enabled else {})}
     for key, metric in monitored.items():
-        split, name = metric.split("/")[0], metric.split("/")[-1]
-        if split not in eval_splits:
+        split, _, name = metric.partition("/")
+        if split not in eval_splits or name not in EVAL_METRICS:
+            hint = "; set data.val_size > 0 for a validation split" if split == "val" and split not in eval_splits else ""
             raise ValueError(
-                f"{key}={metric!r} needs a '{split}' split, but this dataset config has {eval_splits}; "
-                f"set data.val_size > 0 for a validation split, or {key}='{eval_splits[0]}/{name}'"
+                f"{key}={metric!r} is not a metric of this run: choose one of "
+                f"{', '.join(f'{s}/{n}' for s in eval_splits for n in EVAL_METRICS)}{hint}"
             )
     schedule = optim.make_schedule(config.schedule, config.optimizer.learning_rate, steps_per_epoch, total_steps)
     tx = optim.make_optimizer(config.optimizer, schedule)
@@ -247,9 +256,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, o
     checkpoints = Checkpoints(workdir, keep=config.checkpoint_keep)
     state = init_state(run.model, run.tx, run.plateau_tx, pipeline.image_shape, config.seed, run.mesh)
     restored = checkpoints.restore(state)
-    info = {"best": -math.inf}
+    info = {"best": None}
     if restored:
         state, info = restored
+        if int(state.step) >= run.total_steps:
+            checkpoints.close()
+            print(f"{workdir} holds this run finished ({int(state.step)} steps): nothing to do")
+            return info["record"]
         print(f"resuming from step {int(state.step)} (epoch {int(state.step) / spe:.2f}) in {workdir}")
     train_fn, eval_fn = compile_steps(run.model, run.tx, run.mesh, config.label_smoothing)
     writer = MetricWriter(workdir, resume_step=int(state.step)) if lead else None
@@ -263,16 +276,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, o
         epoch_metrics, window, t0 = [], [], time.perf_counter()
         steps_this_epoch = min(spe, run.total_steps - epoch * spe)
         bar = tqdm(total=steps_this_epoch, initial=step - epoch * spe, desc=f"epoch {epoch + 1}/{num_epochs}", disable=not lead, leave=False)
+        epoch_end = epoch * spe + steps_this_epoch
         for batch in pipeline.train_batches(epoch, start_step=step - epoch * spe):
-            if step >= run.total_steps:
+            if step >= epoch_end:
                 break
-            if diagnose and step % config.diagnostics_every_steps == 0 and lead:
-                writer.write(step, step / spe, jax.device_get(diagnose({"params": state.params, "batch_stats": state.batch_stats}, batch)))
+            diagnosing = diagnose and step % config.diagnostics_every_steps == 0
+            if diagnosing:  # every process joins the computation; the lead writes it
+                diag = diagnose({"params": state.params, "batch_stats": state.batch_stats}, batch)
+                params_before = jax.tree.map(jnp.copy, state.params)  # the step donates state.params
             state, metrics = train_fn(state, batch)
+            if diagnosing:
+                diag |= update_ratio_metrics(params_before, state.params)
+                if lead:
+                    writer.write(step, step / spe, jax.device_get(diag))
             step += 1
             window.append(metrics)
             bar.update(1)
-            if step % config.log_every_steps == 0 or step == run.total_steps:
+            if step % config.log_every_steps == 0 or step == epoch_end:
                 means = {k: float(v) for k, v in jax.device_get(_mean(window)).items()}
                 elapsed = time.perf_counter() - t0
                 scalars = {f"train/{k}": v for k, v in means.items()}
@@ -294,18 +314,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, o
         record["lr"] = float(run.schedule(step - 1)) * float(state.plateau.scale)
         if config.plateau.enabled:
             monitored = record[config.plateau.monitor]
-            value = -monitored if "accuracy" in config.plateau.monitor else monitored
+            value = -monitored if higher_is_better(config.plateau.monitor) else monitored
             _, plateau = run.plateau_tx.update({}, state.plateau, value=value)
             state = state.replace(plateau=jax.device_put(plateau, NamedSharding(run.mesh, P())))
         if lead:
             writer.write(step, step / spe, record)
             print(f"epoch {epoch + 1}/{num_epochs} (step {step}): " + ", ".join(f"{k} {v:.4g}" for k, v in record.items()))
-        improved = record[run.best_metric] > info["best"]
+        value, best = record[run.best_metric], info["best"]
+        improved = best is None or (value > best if higher_is_better(run.best_metric) else value < best)
         if improved:
             info = {"best": record[run.best_metric], "best_metric": run.best_metric, "epoch": epoch + 1}
         checkpoints.save(state, dict(info, record=record), best=improved)
-        if step >= run.total_steps:
-            break
 
     checkpoints.close()
     if lead:

@@ -19,7 +19,15 @@ from resnet_jax import create_model, optim
 from resnet_jax.checkpoints import CheckpointMismatchError, Checkpoints
 from resnet_jax.config import default_config
 from resnet_jax.metrics import read_metrics
-from resnet_jax.train import TrainState, init_state, prepare_workdir, setup, train_and_evaluate, train_step
+from resnet_jax.train import (
+    TrainState,
+    higher_is_better,
+    init_state,
+    prepare_workdir,
+    setup,
+    train_and_evaluate,
+    train_step,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(name="resnet8", widths=(4, 8, 16))
@@ -33,7 +41,7 @@ def tiny_config(idx_dir, **overrides):
     c.num_epochs = 2
     c.optimizer.update(name="sgd", learning_rate=0.05, weight_decay=5e-4)
     c.schedule.update(name="cosine", warmup=0.5)
-    c.log_every_steps = 4
+    c.log_every_steps = 3  # does not divide the 8 steps of an epoch: the epoch's last steps must still be logged
     c.update(overrides)
     return c
 
@@ -180,8 +188,15 @@ def test_config_mismatches_fail_before_compiling(learnable_idx_dir):
         setup(tiny_config(learnable_idx_dir, model=dict(TINY, num_classes=5)))
     c = tiny_config(learnable_idx_dir, best_metric="val/accuracy")
     c.data.val_size = 0
-    with pytest.raises(ValueError, match="best_metric='val/accuracy' needs a 'val' split"):
+    with pytest.raises(ValueError, match="best_metric='val/accuracy' is not a metric of this run: choose one of test/loss"):
         setup(c)
+    with pytest.raises(ValueError, match="plateau.monitor='val/acc' is not a metric"):
+        setup(tiny_config(learnable_idx_dir, plateau=dict(default_config().plateau, enabled=True, monitor="val/acc")))
+
+
+def test_metric_direction_for_best_checkpoint_and_plateau():
+    assert higher_is_better("val/accuracy") and higher_is_better("test/top5")
+    assert not higher_is_better("val/loss") and not higher_is_better("train_epoch/loss")
 
 
 def test_checkpoint_round_trip_and_mismatch(tmp_path):
@@ -220,7 +235,7 @@ class SimulatedPreemption(Exception):
 
 
 def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tmp_path, learnable_idx_dir, monkeypatch):
-    config = tiny_config(learnable_idx_dir)
+    config = tiny_config(learnable_idx_dir, num_steps=12)  # 1.5 epochs of 8 steps
     full = train_and_evaluate(config, tmp_path / "full")
 
     original_save = Checkpoints.save
@@ -235,6 +250,7 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tmp_path, learn
         with pytest.raises(SimulatedPreemption):
             train_and_evaluate(config, tmp_path / "resumed")  # dies right after epoch 1's checkpoint
     resumed = train_and_evaluate(config, tmp_path / "resumed")
+    assert train_and_evaluate(config, tmp_path / "resumed") == resumed  # a finished run: nothing to do
 
     assert full == resumed
     run = setup(config)
@@ -245,9 +261,12 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tmp_path, learn
         final[name], _ = checkpoints.restore(template)
         checkpoints.close()
     chex.assert_trees_all_equal(final["full"], final["resumed"])
-    assert int(final["full"].step) == 2 * 8  # 2 epochs of 256 training images in batches of 32
+    assert int(final["full"].step) == 12
     events_full, events_resumed = read_metrics(tmp_path / "full"), read_metrics(tmp_path / "resumed")
     assert [e["step"] for e in events_resumed] == [e["step"] for e in events_full]  # no duplicated events
+    # Every step is in some train log (the window is flushed at each epoch's end), and each epoch has its record.
+    assert [e["step"] for e in events_full if "train/loss" in e] == [3, 6, 8, 9, 12]
+    assert [e["step"] for e in events_full if "train_epoch/loss" in e] == [8, 12]
     assert events_resumed[-1]["test/accuracy"] == events_full[-1]["test/accuracy"]
     # It learned the task (two classes, chance 0.5) and wrote the figure and both checkpoints.
     assert full["test/accuracy"] > 0.9
@@ -275,6 +294,8 @@ def test_cli_trains_writes_records_and_evaluates(tmp_path, learnable_idx_dir):
     diagnosed = [e for e in events if "diag/grad_norm/stage1_block1" in e]
     assert [e["step"] for e in diagnosed] == [0, 4]  # every 4 steps of the 8-step epoch, before the step
     assert all(e["diag/grad_norm/stem"] > 0 and e["diag/act_norm/head"] > 0 for e in diagnosed)
+    # The quickstart's warm-up starts at a rate of 0, so the first step moves nothing; the step at 4 does.
+    assert diagnosed[0]["diag/update_ratio/head"] == 0 and diagnosed[1]["diag/update_ratio/head"] > 0
     assert (workdir / "curves.png").stat().st_size > 10_000
     assert any((workdir / "checkpoints").iterdir()) and any((workdir / "best").iterdir())
 
