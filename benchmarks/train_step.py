@@ -39,7 +39,9 @@ import optax
 
 from resnet_jax import create_model
 from resnet_jax.provenance import cpu_model, provenance
-from resnet_jax.train import TrainState, train_step
+from resnet_jax import optim
+from resnet_jax.summary import count_params
+from resnet_jax.train import create_train_state, train_step
 
 if TYPE_CHECKING:  # torch is imported where used, so that the JAX half of this file runs without it
     import torch
@@ -71,20 +73,9 @@ def random_batch(batch_size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray
 
 def jax_optimizer() -> optax.GradientTransformation:
     """SGD with momentum and L2 weight decay on kernels only (resnet_jax.optim's default recipe)."""
-    kernels = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
-    return optax.chain(optax.add_decayed_weights(WEIGHT_DECAY, kernels), optax.sgd(LEARNING_RATE, momentum=MOMENTUM))
-
-
-def jax_state(variables: dict, tx: optax.GradientTransformation) -> TrainState:
-    """A fresh resnet_jax TrainState; the plateau state's scale is 1, so updates are the optimizer's."""
-    params = variables["params"]
-    return TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=params,
-        batch_stats=variables["batch_stats"],
-        opt_state=tx.init(params),
-        plateau=optax.contrib.reduce_on_plateau().init(params),
-    )
+    config = optim.optimizer_config()
+    config.update(name="sgd", learning_rate=LEARNING_RATE, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+    return optim.make_optimizer(config, optax.constant_schedule(LEARNING_RATE))
 
 
 def jax_step_fn(model_name: str, dtype: Any = jnp.float32) -> tuple[Any, Callable, optax.GradientTransformation]:
@@ -98,7 +89,7 @@ def make_jax_runner(model_name: str, batch_size: int, seed: int = 0) -> Runner:
     model, step, tx = jax_step_fn(model_name)
     images, labels = random_batch(batch_size, seed)
     batch = {"image": jnp.asarray(images), "label": jnp.asarray(labels)}
-    state = jax_state(model.init(jax.random.key(seed), batch["image"][:1]), tx)
+    state = create_train_state(model.init(jax.random.key(seed), batch["image"][:1]), tx)
 
     t0 = time.perf_counter()
     state, _ = step(state, batch)
@@ -209,7 +200,7 @@ class time_limit:
 def check_param_counts(model_name: str) -> dict[str, Any]:
     """Trainable parameters of the Flax model, of its torch twin, and the paper's count."""
     variables = jax.eval_shape(create_model(model_name, NUM_CLASSES).init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
-    flax_count = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(variables["params"]))
+    flax_count = count_params(variables["params"])
     torch_count = torch_twin().num_params(torch_twin().create_model(model_name, NUM_CLASSES))
     expected = EXPECTED_PARAMS.get(model_name)
     ok = flax_count == torch_count and expected in (None, flax_count)
@@ -244,7 +235,7 @@ def check_equivalence(model_name: str, batch_size: int = 32, seed: int = 0) -> d
         with torch.no_grad():
             diffs["float64_eval_logits"] = rel_diff(model.apply(variables, images.astype(np.float64)), tmodel(x))
         sizes = bn_elements_per_channel(tmodel.train(), x)
-        state, opt = jax_state(variables, tx), torch_optimizer(tmodel)
+        state, opt = create_train_state(variables, tx), torch_optimizer(tmodel)
         batch = {"image": jnp.asarray(images, jnp.float64), "label": jnp.asarray(labels)}
         for i in (1, 2):
             state, metrics = step(state, batch)

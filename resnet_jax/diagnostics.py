@@ -17,7 +17,8 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import optax
+
+from resnet_jax.losses import cross_entropy
 
 Params = Mapping[str, Any]
 Batch = Mapping[str, jax.Array]  # {'image': (N, H, W, C) floats, 'label': (N,) ints}
@@ -27,9 +28,9 @@ STEM_LAYERS = ("stem_conv", "stem_norm")  # forward order; the stem's output is 
 _RANK = {"stem": 0, "final_norm": 2, "head": 3}  # every other group (the blocks) ranks 1
 
 
-def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """Mean softmax cross-entropy with integer labels (the training loss without weight decay)."""
-    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+def mean_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """The training loss without label smoothing or weight decay."""
+    return cross_entropy(logits, labels).mean()
 
 
 def group_of(layer: str) -> str:
@@ -111,7 +112,7 @@ def _prefixed(kind: str, per_group: Mapping[str, jax.Array]) -> dict[str, jax.Ar
 
 
 def diagnostics_fn(
-    model: nn.Module, loss_fn: LossFn = cross_entropy
+    model: nn.Module, loss_fn: LossFn = mean_cross_entropy
 ) -> Callable[[Params, Batch], dict[str, jax.Array]]:
     """A jitted `fn(variables, batch)` giving `diag/grad_norm/<group>` and `diag/act_norm/<group>` from
     one train-mode forward and backward pass on the batch (gradient of `loss_fn`, no weight decay).
@@ -135,7 +136,7 @@ def update_ratio_metrics(params: Params, new_params: Params) -> dict[str, jax.Ar
     return _prefixed("update_ratio", update_ratios(params, new_params))
 
 
-def measure(model: nn.Module, variables: Params, batch: Batch, loss_fn: LossFn = cross_entropy) -> dict[str, float]:
+def measure(model: nn.Module, variables: Params, batch: Batch, loss_fn: LossFn = mean_cross_entropy) -> dict[str, float]:
     """All of `diagnostics_fn` in one call, as Python floats in forward order (compiles on every call)."""
     out = diagnostics_fn(model, loss_fn)(variables, batch)
     groups = layer_groups(variables["params"])

@@ -98,8 +98,6 @@ def post_activation_shortcut(block: nn.Module, x: jnp.ndarray, out: int) -> jnp.
 class PreActBasicBlock(Block):
     """Two 3x3 convs, pre-activation (v2): BN-ReLU-conv, BN-ReLU-conv, add (no ReLU after)."""
 
-    expansion = 1
-
     @nn.compact
     def __call__(self, x):
         pre = self.act(self.norm()(x))

@@ -32,6 +32,7 @@ from resnet_jax import data as data_lib
 from resnet_jax import optim
 from resnet_jax.checkpoints import Checkpoints
 from resnet_jax.diagnostics import diagnostics_fn, update_ratio_metrics
+from resnet_jax.losses import cross_entropy, top_k_correct
 from resnet_jax.metrics import MetricWriter, plot_curves
 from resnet_jax.models import ResNet, create_model
 
@@ -70,18 +71,6 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int) -> ResNet:
         dtype=DTYPES[config.dtype],
         **overrides,
     )
-
-
-def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
-    """Per-example softmax cross-entropy, optionally against smoothed labels."""
-    targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
-    return optax.softmax_cross_entropy(logits, targets)
-
-
-def top_k_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
-    """1.0 where the label is among the k highest logits."""
-    _, top = jax.lax.top_k(logits, min(k, logits.shape[-1]))
-    return jnp.any(top == labels[:, None], axis=-1).astype(jnp.float32)
 
 
 def train_step(state: TrainState, batch: dict, model: ResNet, tx: optax.GradientTransformation, label_smoothing: float = 0.0):
@@ -169,19 +158,21 @@ def setup(config: ml_collections.ConfigDict) -> Run:
     return Run(config, mesh, pipeline, model, schedule, tx, plateau_tx, total_steps, best_metric)
 
 
+def create_train_state(variables: dict, tx: optax.GradientTransformation,
+                       plateau_tx: optax.GradientTransformationExtraArgs | None = None) -> TrainState:
+    """A step-0 TrainState around model variables; without plateau_tx, a plateau whose scale stays 1."""
+    plateau_tx = plateau_tx or optax.contrib.reduce_on_plateau()
+    params = variables["params"]
+    return TrainState(jnp.zeros((), jnp.int32), params, variables["batch_stats"], tx.init(params), plateau_tx.init(params))
+
+
 def init_state(model: ResNet, tx: optax.GradientTransformation, plateau_tx: optax.GradientTransformationExtraArgs,
                image_shape: tuple[int, ...], seed: int, mesh: jax.sharding.Mesh) -> TrainState:
     """A fresh TrainState, created directly with replicated sharding on the mesh."""
 
     def init():
         variables = model.init(jax.random.key(seed), jnp.zeros((1, *image_shape), jnp.float32), train=False)
-        return TrainState(
-            step=jnp.zeros((), jnp.int32),
-            params=variables["params"],
-            batch_stats=variables["batch_stats"],
-            opt_state=tx.init(variables["params"]),
-            plateau=plateau_tx.init(variables["params"]),
-        )
+        return create_train_state(variables, tx, plateau_tx)
 
     return jax.jit(init, out_shardings=NamedSharding(mesh, P()))()
 

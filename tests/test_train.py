@@ -20,7 +20,7 @@ from resnet_jax.checkpoints import CheckpointMismatchError, Checkpoints
 from resnet_jax.config import default_config
 from resnet_jax.metrics import read_metrics
 from resnet_jax.train import (
-    TrainState,
+    create_train_state,
     higher_is_better,
     init_state,
     prepare_workdir,
@@ -47,10 +47,7 @@ def tiny_config(idx_dir, **overrides):
 
 
 def fresh_state(model, tx, x):
-    variables = model.init(jax.random.key(0), x, train=False)
-    params = variables["params"]
-    plateau = optax.contrib.reduce_on_plateau().init(params)
-    return TrainState(jnp.zeros((), jnp.int32), params, variables["batch_stats"], tx.init(params), plateau)
+    return create_train_state(model.init(jax.random.key(0), x, train=False), tx)
 
 
 def test_tiny_model_overfits_a_small_batch():
@@ -72,7 +69,7 @@ import json, jax, numpy as np, optax
 from functools import partial
 from jax.sharding import Mesh
 from resnet_jax import create_model
-from resnet_jax.train import compile_steps, TrainState
+from resnet_jax.train import compile_steps, create_train_state
 import jax.numpy as jnp
 
 assert jax.device_count() == 8, jax.devices()
@@ -83,9 +80,7 @@ batch = {"image": rng.normal(size=(32, 16, 16, 3)).astype(np.float32), "label": 
 
 def run(devices, batch):
     mesh = Mesh(np.array(devices), ("data",))
-    variables = model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
-    state = TrainState(jnp.zeros((), jnp.int32), variables["params"], variables["batch_stats"],
-                       tx.init(variables["params"]), optax.contrib.reduce_on_plateau().init(variables["params"]))
+    state = create_train_state(model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3))), tx)
     train, _ = compile_steps(model, tx, mesh)
     for _ in range(2):
         state, metrics = train(state, batch)
