@@ -53,9 +53,9 @@ def read_metrics(workdir: str | Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def epoch_series(events: list[dict], key: str) -> tuple[list[float], list[float]]:
-    """(epochs, values) of the events holding `key`."""
-    points = [(e["epoch"], e[key]) for e in events if key in e and math.isfinite(e[key])]
+def series(events: list[dict], key: str, x: str = "epoch") -> tuple[list[float], list[float]]:
+    """(x values, values) of the events holding `key`; x is 'epoch' or 'step'."""
+    points = [(e[x], e[key]) for e in events if key in e and math.isfinite(e[key])]
     return [p[0] for p in points], [p[1] for p in points]
 
 
@@ -66,7 +66,7 @@ def plot_curves(workdir: str | Path, out: str | Path | None = None) -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, metric in zip(axes, ("loss", "accuracy")):
         for split, style in (("train_epoch", "-"), ("val", "--"), ("test", ":")):
-            epochs, values = epoch_series(events, f"{split}/{metric}")
+            epochs, values = series(events, f"{split}/{metric}")
             if epochs:
                 ax.plot(epochs, values, style, marker="o", markersize=3, label=split.replace("_epoch", ""))
         ax.set_xlabel("epoch")

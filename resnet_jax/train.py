@@ -201,24 +201,29 @@ def evaluate_split(eval_fn, state: TrainState, pipeline, split: str) -> dict[str
     return {f"{split}/{k}": float(v / count) for k, v in totals.items()}
 
 
+def config_differences(workdir: Path, config: ml_collections.ConfigDict) -> list[str]:
+    """The keys in which `config` differs from the one saved in `workdir` (none if nothing is saved there)."""
+    saved = Path(workdir) / "config.json"
+    if not saved.exists():
+        return []
+    old, new = _flat(json.loads(saved.read_text())), _flat(json.loads(config.to_json_best_effort()))
+    return sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+
+
 def prepare_workdir(workdir: Path, config: ml_collections.ConfigDict, overwrite: bool) -> None:
     """Save the resolved config; refuse to mix two different runs in one workdir unless asked (then keep the old one aside)."""
-    saved = workdir / "config.json"
-    current = json.loads(config.to_json_best_effort())
-    if saved.exists() and json.loads(saved.read_text()) != current:
+    differences = config_differences(workdir, config)
+    if differences:
         if not overwrite:
-            old = json.loads(saved.read_text())
-            diff = sorted(_flat(old).items() ^ _flat(current).items())
-            keys = sorted({k for k, _ in diff})
             raise ValueError(
-                f"{workdir} holds a run with a different config (differs in: {', '.join(keys)}). "
+                f"{workdir} holds a run with a different config (differs in: {', '.join(differences)}). "
                 "Use a new --workdir, or pass --overwrite to move the old run aside and start afresh."
             )
         aside = workdir.with_name(f"{workdir.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
         shutil.move(workdir, aside)
         logging.warning("moved the previous run in %s to %s", workdir, aside)
     workdir.mkdir(parents=True, exist_ok=True)
-    saved.write_text(json.dumps(current, indent=2, sort_keys=True))
+    (workdir / "config.json").write_text(json.dumps(json.loads(config.to_json_best_effort()), indent=2, sort_keys=True))
 
 
 def _flat(d: dict, prefix: str = "") -> dict:

@@ -38,9 +38,9 @@ from matplotlib.lines import Line2D  # noqa: E402
 
 from resnet_jax.checkpoints import Checkpoints  # noqa: E402
 from resnet_jax.diagnostics import layer_groups  # noqa: E402
-from resnet_jax.metrics import METRICS_FILE, epoch_series, read_metrics  # noqa: E402
+from resnet_jax.metrics import METRICS_FILE, read_metrics, series  # noqa: E402
 from resnet_jax.provenance import provenance  # noqa: E402
-from resnet_jax.train import train_and_evaluate  # noqa: E402
+from resnet_jax.train import config_differences, train_and_evaluate  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_PREFIX = {"plain": "plain", "residual": "resnet"}
@@ -132,8 +132,10 @@ def run_cell(config: ml_collections.ConfigDict, workdir: Path, command: str) -> 
     """Train the cell, or resume it, unless it is done; returns what happened, for the status line."""
     status = read_status(workdir)
     if status.get("done"):
-        if json.loads((workdir / "config.json").read_text()) != json.loads(config.to_json_best_effort()):
-            raise ValueError(f"{workdir} holds a finished run with another config; use another --root, or remove it")
+        differences = config_differences(workdir, config)
+        if differences:
+            raise ValueError(f"{workdir} holds a finished run with another config (differs in: {', '.join(differences)}); "
+                             "use another --root, or remove it")
         return f"skipped (done, {status['seconds']:.0f} s)"
     action = "resumed" if (workdir / "config.json").exists() else "started"
     status.update(attempts=status.get("attempts", 0) + 1, command=command)
@@ -173,12 +175,12 @@ class Run:
     @property
     def train_error(self) -> float:
         """Training error (%) over the last epoch: the mean over its training steps, as trained."""
-        return 100 * (1 - epoch_series(self.events, "train_epoch/accuracy")[1][-1])
+        return 100 * (1 - series(self.events, "train_epoch/accuracy")[1][-1])
 
     @property
     def test_error(self) -> float:
         """Test error (%) after the last epoch."""
-        return 100 * (1 - epoch_series(self.events, "test/accuracy")[1][-1])
+        return 100 * (1 - series(self.events, "test/accuracy")[1][-1])
 
 
 def load_runs(root: Path) -> list[Run]:
@@ -288,16 +290,11 @@ def observations(table: dict[str, dict[int, dict]]) -> list[str]:
     return lines
 
 
-def steps_per_epoch(events: list[dict]) -> float:
-    last = next(e for e in reversed(events) if e["epoch"] > 0)
-    return last["step"] / last["epoch"]
-
-
 def error_curve(runs: list[Run], key: str) -> tuple[np.ndarray, np.ndarray]:
     """(iterations, error % averaged over the runs) of the events holding `key` (an accuracy)."""
-    curves = [epoch_series(r.events, key) for r in runs]
+    curves = [series(r.events, key, x="step") for r in runs]
     n = min(len(values) for _, values in curves)
-    iterations = np.asarray(curves[0][0][:n]) * steps_per_epoch(runs[0].events)
+    iterations = np.asarray(curves[0][0][:n])
     return iterations, 100 * (1 - np.mean([values[:n] for _, values in curves], axis=0))
 
 
