@@ -13,7 +13,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from flax.metrics import tensorboard  # noqa: E402
+
+from resnet_jax.events import ScalarWriter  # noqa: E402
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -31,17 +32,15 @@ class MetricWriter:
                 if e["step"] < resume_step or (e["step"] == resume_step and not any(k.startswith("diag/") for k in e))
             ]
             self.path.write_text("".join(json.dumps(e) + "\n" for e in kept))
-        self.tb = tensorboard.SummaryWriter(str(Path(workdir) / "tensorboard"))
+        self.tb = ScalarWriter(Path(workdir) / "tensorboard")
 
     def write(self, step: int, epoch: float, scalars: Mapping[str, float]) -> None:
         event = {"step": int(step), "epoch": round(float(epoch), 4), **{k: float(v) for k, v in scalars.items()}}
         with self.path.open("a") as f:
             f.write(json.dumps(event) + "\n")
-        for key, value in scalars.items():
-            self.tb.scalar(key, float(value), int(step))
+        self.tb.write(step, scalars)
 
     def close(self) -> None:
-        self.tb.flush()
         self.tb.close()
 
 
