@@ -249,20 +249,27 @@ ImageNetResNet = partial(ResNet, widths=(64, 128, 256, 512), stem="imagenet", ve
 
 
 def _family(name: str) -> tuple[str, int]:
-    """Split 'resnet56' / 'plain56' / 'preact_resnet164' / 'preact_plain164' into (family, depth)."""
-    for prefix, family in (("preact_resnet", "preact"), ("preact_plain", "preact"), ("resnet", "resnet"), ("plain", "resnet")):
+    """Split 'resnet56' / 'plain56' / 'cifar_resnet50' / 'preact_resnet164' / 'preact_plain164' into (family, depth)."""
+    prefixes = (("preact_resnet", "preact"), ("preact_plain", "preact"), ("cifar_resnet", "cifar"),
+                ("cifar_plain", "cifar"), ("resnet", "resnet"), ("plain", "resnet"))
+    for prefix, family in prefixes:
         digits = name[len(prefix):]
         if name.startswith(prefix) and digits.isdigit():
             return family, int(digits)
     raise ValueError(
         f"unknown model {name!r}; names are resnet<depth> (CIFAR 6n+2: 20, 32, 44, 56, 110, 1202, …; "
-        f"ImageNet: 18, 34, 50, 101, 152, 200), preact_resnet<depth> (9n+2: 56, 110, 164, 1001, …), "
-        f"and their plain twins plain<depth>, preact_plain<depth>. See resnet_jax.list_models()."
+        f"ImageNet: 18, 34, 50, 101, 152, 200), cifar_resnet<depth> (CIFAR 6n+2 only, e.g. cifar_resnet50), "
+        f"preact_resnet<depth> (9n+2: 56, 110, 164, 1001, …), and their plain twins plain<depth>, "
+        f"cifar_plain<depth>, preact_plain<depth>. See resnet_jax.list_models()."
     )
 
 
 def model_spec(name: str) -> dict[str, Any]:
-    """The ResNet fields a zoo name stands for (the model is `ResNet(**model_spec(name), num_classes=…)`)."""
+    """The ResNet fields a zoo name stands for (the model is `ResNet(**model_spec(name), num_classes=…)`).
+
+    resnet<d> is the ImageNet network for d in 18, 34, 50, 101, 152, 200 and the CIFAR one for any other 6n+2
+    depth; 50, 152 and 200 are 6n+2 too, so their CIFAR networks are named cifar_resnet50/152/200.
+    """
     family, depth = _family(name)
     residual = "plain" not in name
     if family == "preact":
@@ -270,14 +277,12 @@ def model_spec(name: str) -> dict[str, Any]:
             raise ValueError(f"pre-activation CIFAR ResNet depth must be 9n+2 (56, 110, 164, 1001, …); got {depth}")
         n = (depth - 2) // 9
         return dict(PreActCifarResNet.keywords, stage_sizes=(n, n, n), residual=residual)
-    if depth in IMAGENET_STAGES:
+    if family == "resnet" and depth in IMAGENET_STAGES:
         block, stages = IMAGENET_STAGES[depth]
         return dict(ImageNetResNet.keywords, block=block, stage_sizes=stages, residual=residual)
     if depth < 8 or (depth - 2) % 6:
-        raise ValueError(
-            f"CIFAR ResNet depth must be 6n+2 (20, 32, 44, 56, 110, 1202, …) and ImageNet depths are "
-            f"{', '.join(map(str, IMAGENET_STAGES))}; got {depth}"
-        )
+        imagenet = "" if family == "cifar" else f" and ImageNet depths are {', '.join(map(str, IMAGENET_STAGES))}"
+        raise ValueError(f"CIFAR ResNet depth must be 6n+2 (20, 32, 44, 56, 110, 1202, …){imagenet}; got {depth}")
     n = (depth - 2) // 6
     return dict(CifarResNet.keywords, stage_sizes=(n, n, n), residual=residual)
 
@@ -300,5 +305,6 @@ def create_model(name: str, num_classes: int, **overrides: Any) -> ResNet:
 def list_models() -> list[str]:
     """The named models of the zoo (any other valid 6n+2 / 9n+2 depth also works)."""
     resnets = [f"resnet{d}" for d in (*CIFAR_DEPTHS, *IMAGENET_STAGES)]
+    resnets += [f"cifar_resnet{d}" for d in IMAGENET_STAGES if (d - 2) % 6 == 0]  # the CIFAR twins of 50, 152, 200
     preacts = [f"preact_resnet{d}" for d in PREACT_CIFAR_DEPTHS]
     return resnets + preacts + [n.replace("resnet", "plain") for n in resnets + preacts]

@@ -141,6 +141,26 @@ def test_bfloat16_compute_keeps_float32_params_and_statistics():
     assert all(v.dtype == jnp.float32 for v in jax.tree.leaves(updates))
 
 
+def test_plain_twin_drops_the_addition(resnet20_and_batch):
+    """Option A has no shortcut parameters, so counting them cannot tell the twins apart: run them instead. With
+    the last BN of each block zeroed, a residual block outputs its (post-ReLU) input, subsampled and zero-padded
+    where the stage changes; the plain block outputs relu(0) = 0. Same parameters, so only the addition differs."""
+    residual, variables, x = resnet20_and_batch
+    flat = traverse_util.flatten_dict(variables["params"])
+    flat = {k: jnp.zeros_like(v) if k[-2:] == ("BatchNorm_1", "scale") else v for k, v in flat.items()}
+    variables = dict(variables, params=traverse_util.unflatten_dict(flat))
+    inter = {}
+    for which, model in (("residual", residual), ("plain", create_model("plain20", 10))):
+        _, state = model.apply(variables, x, capture_intermediates=True, mutable=["intermediates"])
+        inter[which] = {k: v["__call__"][0] for k, v in state["intermediates"].items() if "__call__" in v}
+    stem = jax.nn.relu(inter["residual"]["stem_norm"])
+    np.testing.assert_allclose(inter["residual"]["stage1_block3"], stem, atol=1e-6)
+    padded = jnp.pad(stem[:, ::2, ::2], ((0, 0), (0, 0), (0, 0), (0, 16)))
+    np.testing.assert_allclose(inter["residual"]["stage2_block1"], padded, atol=1e-6)
+    for block in ("stage1_block1", "stage2_block1", "stage3_block3"):
+        np.testing.assert_array_equal(inter["plain"][block], 0)
+
+
 def test_zero_init_residual_zeroes_the_last_bn_scale_of_each_block():
     model = create_model("resnet20", 10, zero_init_residual=True)
     params = model.init(jax.random.key(0), jnp.ones((1, 32, 32, 3)))["params"]
@@ -169,10 +189,38 @@ def test_bad_names_depths_and_options_fail_with_a_clear_message(name, kw, messag
 
 
 def test_list_models_names_all_build():
+    """Every listed name is traced (init with a training-mode forward pass, abstractly: no FLOPs), but the four of
+    depth >= 1000, whose tracing alone takes about a minute on 2 cores: their stages are checked instead."""
     names = list_models()
-    assert {"resnet20", "resnet1202", "preact_resnet1001", "resnet200", "plain56", "plain18", "preact_plain164"} <= set(names)
+    assert {"resnet20", "resnet1202", "preact_resnet1001", "resnet200", "plain56", "plain18", "preact_plain164",
+            "cifar_resnet50", "cifar_plain200"} <= set(names)
+    x = jax.ShapeDtypeStruct((2, 16, 16, 3), jnp.float32)
     for name in names:
-        create_model(name, 10)  # construction validates the name and options
+        model = create_model(name, 10)
+        if int(re.sub(r"\D", "", name)) >= 1000:
+            assert model.stage_sizes == ((200,) * 3 if model.block == "basic" else (111,) * 3)
+            continue
+        logits, variables = jax.eval_shape(lambda x: model.init_with_output(jax.random.key(0), x, train=True), x)
+        assert logits.shape == (2, 10) and set(variables) == {"params", "batch_stats"}, name
+
+
+@pytest.mark.parametrize("name, stem, stages", [
+    ("resnet50", "imagenet", (3, 4, 6, 3)),
+    ("cifar_resnet50", "cifar", (8, 8, 8)),
+    ("plain152", "imagenet", (3, 8, 36, 3)),
+    ("cifar_plain152", "cifar", (25, 25, 25)),
+    ("resnet200", "imagenet", (3, 24, 36, 3)),
+    ("cifar_resnet200", "cifar", (33, 33, 33)),
+    ("cifar_resnet56", "cifar", (9, 9, 9)),
+])
+def test_depths_valid_for_both_families_have_a_cifar_name(name, stem, stages):
+    """50, 152 and 200 are ImageNet depths and 6n+2 too: resnet<d> is the ImageNet net, cifar_resnet<d> the CIFAR one."""
+    model = create_model(name, 10)
+    assert (model.stem, tuple(model.stage_sizes), model.residual) == (stem, stages, "plain" not in name)
+    if stem == "cifar":
+        assert (model.block, model.version, model.shortcut, tuple(model.widths)) == ("basic", "v1", "A", (16, 32, 64))
+    with pytest.raises(ValueError, match=r"CIFAR ResNet depth must be 6n\+2 .*; got 18"):
+        create_model("cifar_resnet18", 10)
 
 
 def test_summary_cli_prints_parameter_count(capsys):
