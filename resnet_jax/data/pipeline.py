@@ -4,6 +4,7 @@ Small datasets live on every device as uint8; each epoch is a permutation drawn 
 gather + augment + normalise. Large tfds datasets are streamed by tf.data, each process reading its own shard, and
 assembled into global arrays before the same on-device transforms. Batches are sharded over the mesh axis 'data'.
 Randomness is a function of (seed, epoch, step) only, so a resumed run sees exactly the batches it would have seen.
+tensorflow-datasets is imported only when a tfds dataset is streamed.
 """
 
 import math
@@ -13,14 +14,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import tensorflow_datasets as tfds
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from resnet_jax.data import augment
-from resnet_jax.data.sources import Dataset, TfdsSource, load_dataset, open_tfds, split_ranges
+from resnet_jax.data.sources import Dataset, TfdsSource, load_dataset, open_tfds, split_ranges, validate_config
 
-NORMALIZATIONS = ("channel", "pixel_mean", "none")
 IN_MEMORY_LIMIT = 2 << 30     # in_memory='auto' keeps a tfds dataset on device below this many bytes of uint8 images
 SHUFFLE_STEP = 2**32 - 1      # the epoch's shuffle key is the augmentation key of this step, which no epoch reaches
 STATS_SAMPLE = 10_000         # a streamed dataset's normalisation statistics come from its first this many images
@@ -178,6 +177,8 @@ class _StreamedPipeline(Pipeline):
     """tf.data reads each process's shard of a tfds dataset; local batches become global arrays on the mesh."""
 
     def __init__(self, source: TfdsSource, config, batch_size, mesh, seed):
+        import tensorflow_datasets as tfds
+
         ranges = split_ranges(source.num_examples("train"), config.val_size, config.train_subset)
         self._splits = {k: f"train[{a}:{b}]" for k, (a, b) in ranges.items()}
         if source.test_split:
@@ -209,6 +210,7 @@ class _StreamedPipeline(Pipeline):
 
     def train_batches(self, epoch: int, start_step: int = 0) -> Iterator[dict[str, jax.Array]]:
         import tensorflow as tf
+        import tensorflow_datasets as tfds
 
         shuffle_seed = int(np.random.SeedSequence([self._seed, epoch]).generate_state(1)[0])
         split = tfds.split_for_jax_process(self._splits["train"], drop_remainder=True)
@@ -219,6 +221,7 @@ class _StreamedPipeline(Pipeline):
 
     def eval_batches(self, split: str) -> Iterator[dict[str, jax.Array]]:
         import tensorflow as tf
+        import tensorflow_datasets as tfds
 
         self._check_split(split)
         # Processes' shards differ by at most one example: all pad to the same number of batches.
@@ -239,6 +242,7 @@ def make_pipeline(config: ml_collections.ConfigDict, batch_size: int, mesh: jax.
     `dataset` supplies arrays already in memory (tests, benchmarks); by default the data is read as config says:
     kept on device when small, streamed from tfds when large or in_memory=False.
     """
+    validate_config(config)
     if "data" not in mesh.shape:
         raise ValueError(f"the mesh needs an axis named 'data' (it has {tuple(mesh.shape)})")
     devices = mesh.shape["data"]
@@ -246,16 +250,9 @@ def make_pipeline(config: ml_collections.ConfigDict, batch_size: int, mesh: jax.
         if size <= 0 or size % devices:
             raise ValueError(f"{what}={size} is not a multiple of the {devices} devices on mesh axis 'data'; "
                              f"use a multiple of {devices}")
-    for field, allowed in (("augment", augment.AUGMENTATIONS), ("normalize", NORMALIZATIONS),
-                           ("in_memory", ("auto", True, False))):
-        if config[field] not in allowed:
-            raise ValueError(f"unknown {field} {config[field]!r}; choose one of {', '.join(map(str, allowed))}")
     if dataset is None and config.source == "tfds" and config.in_memory is not True:
         source = open_tfds(config)
         n = sum(source.num_examples(s) for s in ("train", source.test_split) if s)
         if config.in_memory is False or n * math.prod(source.image_shape) > IN_MEMORY_LIMIT:
             return _StreamedPipeline(source, config, batch_size, mesh, seed)
-    elif config.in_memory is False:
-        raise ValueError(f"in_memory=False streams from tfds; source={config.source!r} is read into memory "
-                         "(use in_memory='auto')")
     return _InMemoryPipeline(dataset or load_dataset(config), config, batch_size, mesh, seed)
