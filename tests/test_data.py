@@ -170,7 +170,8 @@ BAD_CONFIGS = [
 ]
 
 
-@pytest.mark.parametrize("overrides, message", BAD_CONFIGS, ids=[m.split(" ")[0] for _, m in BAD_CONFIGS])
+@pytest.mark.parametrize("overrides, message", BAD_CONFIGS,
+                         ids=[",".join(f"{k}={v}" for k, v in o.items()) for o, _ in BAD_CONFIGS])
 def test_bad_data_configs_fail_before_anything_is_read(idx_dir, monkeypatch, overrides, message):
     path, _ = idx_dir
     c = config(name="fashion_mnist", source="idx", path=str(path))

@@ -57,6 +57,10 @@ for run, data in runs.items():
     c.update(batch_size=32, num_steps=2, log_every_steps=1)
     records[run] = train_and_evaluate(c, f"{out}/{run}")
 print("TRIED", json.dumps(tried))
+try:  # the one source that needs tfds says so
+    train_and_evaluate(default_config(), f"{out}/tfds")
+except ValueError as e:
+    print("TFDS", e)
 
 # TensorBoard's reader (not resnet_jax) may try TensorFlow: it falls back to its own file reader
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -98,6 +102,9 @@ def test_imports_reads_local_files_and_trains_without_tensorflow(tmp_path, learn
         assert {"test/accuracy", "train_epoch/loss"} <= set(r["record"]), r
         assert len(r["logged"]) == 2 and np.allclose(r["tensorboard"], r["logged"]), r  # TensorBoard without TF
     assert [json.loads(line[6:]) for line in lines if line.startswith("TRIED ")] == [[]], "an import of TensorFlow"
+    tfds_error = next(line for line in lines if line.startswith("TFDS "))
+    assert "source='tfds' needs tensorflow-datasets and TensorFlow" in tfds_error and "source='idx'" in tfds_error
+    assert not (tmp_path / "runs" / "tfds").exists()
 
 
 def test_plain_pytest_collects_from_the_repository_root():
