@@ -3,6 +3,7 @@ under mock_data (where tfds is installed), augmentation, pipeline properties."""
 
 import gzip
 import io
+import json
 import os
 import pickle
 import re
@@ -12,6 +13,7 @@ import sys
 import tarfile
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 from PIL import Image
@@ -185,6 +187,16 @@ def test_bad_data_configs_fail_before_anything_is_read(idx_dir, monkeypatch, ove
     for check in (validate_config, load_dataset, lambda c: make_pipeline(c, 8, mesh(), 0)):
         with pytest.raises(ValueError, match=message):
             check(c)
+
+
+def test_a_data_config_saved_before_num_classes_existed_still_loads(idx_dir):
+    """A run's config.json written before data.num_classes (evaluate reads it back): missing keys take defaults."""
+    path, _ = idx_dir
+    saved = json.loads(config(name="fashion_mnist", source="idx", path=str(path)).to_json_best_effort())
+    del saved["num_classes"]
+    old = ml_collections.ConfigDict(saved)
+    validate_config(old)
+    assert load_dataset(old).num_classes == make_pipeline(old, 4, mesh(), 0).num_classes == 10
 
 
 def test_a_file_given_for_a_directory(idx_dir):

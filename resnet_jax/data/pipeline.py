@@ -18,7 +18,8 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from resnet_jax.data import augment
-from resnet_jax.data.sources import Dataset, TfdsSource, load_dataset, open_tfds, split_ranges, validate_config
+from resnet_jax.data.sources import (Dataset, TfdsSource, load_dataset, open_tfds, split_ranges, validate_config,
+                                     with_defaults)
 
 IN_MEMORY_LIMIT = 2 << 30     # in_memory='auto' keeps a tfds dataset on device below this many bytes of uint8 images
 SHUFFLE_STEP = 2**32 - 1      # the epoch's shuffle key is the augmentation key of this step, which no epoch reaches
@@ -243,6 +244,7 @@ def make_pipeline(config: ml_collections.ConfigDict, batch_size: int, mesh: jax.
     kept on device when small, streamed from tfds when large or in_memory=False.
     """
     validate_config(config)
+    config = with_defaults(config)
     if "data" not in mesh.shape:
         raise ValueError(f"the mesh needs an axis named 'data' (it has {tuple(mesh.shape)})")
     devices = mesh.shape["data"]

@@ -92,6 +92,13 @@ def default_config() -> ml_collections.ConfigDict:
     })
 
 
+def with_defaults(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """`config` with the keys it lacks at their defaults: a run's config.json may predate a key (num_classes)."""
+    full = default_config()
+    full.update({key: config[key] for key in config.keys()})
+    return full
+
+
 def validate_config(config: ml_collections.ConfigDict) -> None:
     """Check a data config before anything is read or compiled: a ValueError names the key, the value and the fix.
 
@@ -100,6 +107,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     """
     known = list(default_config().keys())
     unknown = sorted(set(config.keys()) - set(known))
+    config = with_defaults(config)
     if unknown:
         hints = [repr(k) + "".join(f" (did you mean {m!r}?)" for m in difflib.get_close_matches(k, known, 1))
                  for k in unknown]
@@ -174,6 +182,7 @@ class Dataset:
 def load_dataset(config: ml_collections.ConfigDict) -> Dataset:
     """Every split of the dataset `config` names, from the source it names, with the val split carved from train."""
     validate_config(config)
+    config = with_defaults(config)
     readers = {"tfds": _read_tfds, "idx": _read_idx_dir, "cifar": _read_cifar, "folder": _read_folder}
     splits, class_names, origin = readers[config.source](config)
     check_num_classes(config, class_names, origin)
