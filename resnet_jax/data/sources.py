@@ -484,7 +484,7 @@ class _CifarUnpickler(pickle.Unpickler):
 
 
 class _RefusedGlobal(pickle.UnpicklingError):
-    pass
+    """A global that CIFAR pickles never name; the message is its dotted name."""
 
 
 def _unpickle(raw: bytes, where: str, archive: str) -> Any:
@@ -520,7 +520,7 @@ def _read_cifar(config):
 def _cifar_batch(where: str, batch: Any, label_key: bytes, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
     """(N, 32, 32, 3) uint8 images and int32 labels of one unpickled batch, checked for what CIFAR batches hold."""
     if not isinstance(batch, dict) or b"data" not in batch or label_key not in batch:
-        keys = sorted(batch) if isinstance(batch, dict) else type(batch).__name__
+        keys = list(batch) if isinstance(batch, dict) else type(batch).__name__
         raise DataError(f"{where} is not a CIFAR batch: expected a dict with b'data' and {label_key!r}, got {keys}")
     data, labels = batch[b"data"], np.asarray(batch[label_key])
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
