@@ -21,6 +21,7 @@ variants that need a GPU are left out there with the reason recorded. benchmarks
 """
 
 import argparse
+import contextlib
 import dataclasses
 import gc
 import json
@@ -45,7 +46,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]  # experiments.* and script
 from resnet_jax.provenance import device_slug, provenance  # noqa: E402
 
 BUDGETS = {  # seconds per part: two device commands of about 5.5 minutes (benchmarks/README.md)
-    "gpu": {"smoke": 90, "speed": 210, "pipeline": 40, "accuracy": 130, "ablation": 140},
+    "gpu": {"smoke": 75, "speed": 240, "pipeline": 40, "accuracy": 140, "ablation": 140},
     "tiny": {"smoke": 120, "speed": 120, "pipeline": 120, "accuracy": 120, "ablation": 120},  # caps, not meant to bind
 }
 TINY_XLA_FLAGS = "--xla_backend_optimization_level=0"  # CPU compiles 3x faster: tiny runs check code, not speed
@@ -114,23 +115,25 @@ def provenance_lines(record: dict) -> list[str]:
 
 
 def run_until(commands: list[list[str]], logs: list[Path], deadline: float, on_poll: Callable[[], None] = lambda: None,
-              poll_s: float = 1.0) -> list[int | None]:
+              poll_s: float = 0.5) -> list[int | None]:
     """Run the commands side by side from the repository root, each into its log, until all have exited or `deadline`
     (a time.perf_counter() value) passes, then stop the rest (SIGTERM, then SIGKILL). Calls on_poll every poll_s.
     Returns the exit codes, None for a command stopped at the deadline."""
-    procs = [subprocess.Popen(cmd, cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT) for cmd, log in zip(commands, logs)]
-    while any(p.poll() is None for p in procs) and time.perf_counter() < deadline:
-        time.sleep(poll_s)
-        on_poll()
-    stopped = [p for p in procs if p.poll() is None]
-    for p in stopped:
-        p.terminate()
-    for p in stopped:
-        try:
-            p.wait(STOP_GRACE_S)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
+    with contextlib.ExitStack() as files:
+        procs = [subprocess.Popen(cmd, cwd=ROOT, stdout=files.enter_context(log.open("w")), stderr=subprocess.STDOUT)
+                 for cmd, log in zip(commands, logs)]
+        while any(p.poll() is None for p in procs) and time.perf_counter() < deadline:
+            time.sleep(poll_s)
+            on_poll()
+        stopped = [p for p in procs if p.poll() is None]
+        for p in stopped:
+            p.terminate()
+        for p in stopped:
+            try:
+                p.wait(STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
     return [None if p in stopped else p.returncode for p in procs]
 
 
@@ -177,14 +180,23 @@ def smoke(out: Output, deadline: float, tiny: bool, data: Path) -> str:
 # ---- 2. speed -------------------------------------------------------------------------------------------------
 
 
-def speed_cases(tiny: bool) -> list:
-    """Most telling first: a part out of budget leaves out the last ones (issue 9's steps_per_call adds a sweep here)."""
+COMPILE_LEFT_OUT = "left out of this case to fit the part's budget (about a minute of compilation per case)"
+MIN_COMPILE_S = 60  # torch.compile is not started with less of the budget left
+
+
+def speed_cases(tiny: bool) -> list[tuple]:
+    """(case, whether torch.compile is timed), the most telling first: a part out of budget leaves out the last ones.
+
+    torch.compile is timed where it matters most (each model once, at the paper's batch or the largest ImageNet
+    batch); issue 9's steps_per_call will add a sweep here.
+    """
     from train_step import Case
 
     if tiny:  # bfloat16: JAX's bf16 step and torch.autocast are the paths the GPU cases take
-        return [Case("resnet8", 8, 16, "bfloat16")]
-    return [Case("resnet20", 128), Case("resnet50", 256, 224, "bfloat16"), Case("resnet56", 128), Case("resnet20", 1024),
-            Case("resnet56", 1024), Case("resnet20", 1024, dtype="bfloat16"), Case("resnet56", 1024, dtype="bfloat16")]
+        return [(Case("resnet8", 8, 16, "bfloat16"), True)]
+    return [(Case("resnet20", 128), True), (Case("resnet50", 256, 224, "bfloat16"), True), (Case("resnet20", 1024), False),
+            (Case("resnet56", 128), True), (Case("resnet56", 1024), False), (Case("resnet20", 1024, dtype="bfloat16"), False),
+            (Case("resnet56", 1024, dtype="bfloat16"), False)]
 
 
 def speed(out: Output, deadline: float, tiny: bool, data: Path) -> str:
@@ -201,13 +213,9 @@ def speed(out: Output, deadline: float, tiny: bool, data: Path) -> str:
     device = "cuda" if on_gpu else "cpu"
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(out.runs / "torchinductor"))  # cold: compile as a first run
     torch.set_num_threads(os.cpu_count())
-    variants = [bench.TorchVariant(), bench.TorchVariant(channels_last=True)]
-    skipped = {}
-    if on_gpu:
-        variants.append(bench.TorchVariant(compile=True, channels_last=True))
-    else:
-        skipped["pytorch compile, channels_last"] = ("not run on CPU: Inductor's cold compile takes 40-110 s per model "
-                                                     "there (benchmarks/train_step.py times it on CPU)")
+    eager = [bench.TorchVariant(), bench.TorchVariant(channels_last=True)]
+    compiled = bench.TorchVariant(compile=True, channels_last=True)
+    not_on_cpu = "not run on CPU: Inductor's cold compile takes 40-110 s per model there (benchmarks/train_step.py times it)"
     kind = jax.devices()[0].device_kind
     size = 8192 if on_gpu else 256
     measured = {dtype: bench.matmul_flops(dtype, size) for dtype in ("bfloat16", "float32")}
@@ -216,10 +224,12 @@ def speed(out: Output, deadline: float, tiny: bool, data: Path) -> str:
         "jax_default_matmul_precision": jax.config.jax_default_matmul_precision,
         "peak_flops": {"datasheet": {d: bench.datasheet_peak(kind, d) for d in measured}, "measured_matmul": measured,
                        "measured_matmul_size": size},
-        "variants": [v.name for v in variants], "cases": []}
+        "variants": [v.name for v in [*eager, compiled]], "cases": []}
     record["versions"]["torch"] = torch.__version__
     stem = out.result("train_step")
-    for case in speed_cases(tiny):
+    for case, with_compile in speed_cases(tiny):
+        variants = eager + [compiled] * (on_gpu and with_compile)
+        skipped = {} if on_gpu and with_compile else {compiled.name: COMPILE_LEFT_OUT if on_gpu else not_on_cpu}
         if time.perf_counter() > deadline:
             record["cases"].append({"case": dataclasses.asdict(case), "error": "not run: the part's time budget was spent"})
             continue
@@ -228,7 +238,7 @@ def speed(out: Output, deadline: float, tiny: bool, data: Path) -> str:
             peaks["datasheet"] = bench.datasheet_peak(kind, case.dtype)
         try:
             result = bench.benchmark_case(case, device, variants, repeats=2 if tiny else 5, repeat_s=0.02 if tiny else 0.3,
-                                          deadline=deadline, peaks=peaks, skipped=skipped)
+                                          deadline=deadline, min_compile_s=MIN_COMPILE_S, peaks=peaks, skipped=skipped)
         except Exception as e:  # noqa: BLE001 - one case failing (out of memory, say) is a finding; the others still run
             traceback.print_exc()
             result = {"case": dataclasses.asdict(case), "error": bench.failure(e)}
