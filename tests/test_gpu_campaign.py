@@ -27,7 +27,7 @@ def tiny_campaign(tmp_path_factory, learnable_idx_dir):
     pack = out.parent / "campaign.tar.gz"
     env = dict(os.environ, PYTHON=sys.executable, CAMPAIGN_SITE=str(out.parent / "site"))
     done = subprocess.run(["bash", "scripts/gpu_campaign.sh", str(out), "--tiny", "--data", str(learnable_idx_dir),
-                           "--pack", str(pack)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+                           "--pack", str(pack)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=3000)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     return out, pack, done.stdout
 
