@@ -332,8 +332,6 @@ def pipeline_markdown(record: dict) -> str:
 # ---- 4. accuracy ----------------------------------------------------------------------------------------------
 
 TARGET, BENCHMARK = 0.94, 0.949  # time to 94% test accuracy; the Zalando benchmark's ResNet-18
-
-
 IMPORT_S = 10  # a training subprocess's start before it reads data: Python, JAX and the accelerator's client
 
 
@@ -350,7 +348,8 @@ def plan_epochs(config, probe: dict, seconds_left: float) -> int:
 
 
 def accuracy(out: Output, deadline: float, tiny: bool, data: Path) -> str:
-    """Probe the recipe's step, size its epochs to the budget, train it with the CLI, follow its metrics.jsonl."""
+    """Size the recipe's epochs to the budget from a measured step (the pipeline part's, else a fresh one), train it
+    with the CLI, and follow its metrics.jsonl: each epoch's test accuracy with the wall time it appeared at."""
     from input_pipeline import fed_vs_resident
 
     from resnet_jax.metrics import read_metrics
