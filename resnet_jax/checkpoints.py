@@ -12,6 +12,7 @@ bad ones are moved to <workdir>/corrupt_checkpoints/ (never deleted) so that the
 """
 
 import hashlib
+import json
 import math
 import shutil
 import time
@@ -58,7 +59,25 @@ class Checkpoints:
         options = ocp.CheckpointManagerOptions(preservation_policy=policy, best_fn=rank, create=False,
                                                cleanup_tmp_directories=not read_only)
         handlers = {"state": ocp.StandardCheckpointHandler(), "info": ocp.JsonCheckpointHandler()}
-        self.manager = ocp.CheckpointManager(self.workdir / "checkpoints", options=options, item_handlers=handlers)
+        folder = self.workdir / "checkpoints"
+        self._screen_metrics(folder)
+        self.manager = ocp.CheckpointManager(folder, options=options, item_handlers=handlers)
+
+    def _screen_metrics(self, folder: Path) -> None:
+        """Set aside steps whose metrics file is damaged: orbax reads them all when the manager opens, and would fail."""
+        damaged = []
+        for path in folder.glob("*/metrics/metrics"):
+            try:
+                json.loads(path.read_text())
+            except (ValueError, OSError) as e:
+                if path.parent.parent.name.isdigit():
+                    print(f"warning: the checkpoint at {path.parent.parent} is incomplete or corrupt ({_reason(e)})")
+                    damaged.append(int(path.parent.parent.name))
+        if damaged and self.read_only:
+            raise CheckpointError(f"the metrics of step(s) {sorted(damaged)} in {folder} are damaged: resume the "
+                                  "training (it moves them aside) or move those step folders away")
+        if damaged:
+            _move_aside(folder, sorted(damaged))
 
     def save(self, state: Any, info: dict, value: float | None = None) -> None:
         """Save `state` under its step with `info` and its digest; `value` is its best_metric if it was evaluated."""
@@ -84,8 +103,9 @@ class Checkpoints:
 
     def _ranked(self) -> list[int]:
         """The evaluated steps, best first."""
-        evaluated = {s: m for s in self.manager.all_steps() if self.best_metric in (m := self.manager.metrics(s) or {})}
-        return sorted(evaluated, key=lambda s: self._rank(evaluated[s]), reverse=True)
+        metrics = {s: self.manager.metrics(s) or {} for s in self.manager.all_steps()}
+        evaluated = [s for s, m in metrics.items() if self.best_metric in m]
+        return sorted(evaluated, key=lambda s: self._rank(metrics[s]), reverse=True)
 
     def saved_shapes(self, step: int | None = None) -> dict[str, tuple[int, ...]]:
         """{'params/stem_conv/kernel': shape, ...} of a checkpoint (default: the latest), from its metadata only."""
@@ -107,7 +127,7 @@ class Checkpoints:
             except CheckpointMismatchError:
                 raise
             except Exception as e:  # noqa: BLE001 -- orbax/tensorstore/json raise many types for damaged files
-                reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+                reason = _reason(e)
                 print(f"warning: the checkpoint at {self.manager.directory / str(step)} is incomplete or corrupt "
                       f"({reason}); trying the next one")
                 bad.append(step)
@@ -115,7 +135,8 @@ class Checkpoints:
             if bad:
                 print(f"falling back to step {step}, the {'newest' if which == 'latest' else 'best'} intact checkpoint")
                 if not self.read_only:
-                    self._set_aside(bad)
+                    _move_aside(self.manager.directory, bad)
+                    self.manager.reload()
             return restored
         if bad:
             raise CheckpointError(
@@ -137,25 +158,32 @@ class Checkpoints:
             raise CheckpointError("its arrays do not match the digest saved with them")
         return state, info
 
-    def _set_aside(self, steps: list[int]) -> None:
-        """Move damaged step folders to <workdir>/corrupt_checkpoints/ (process 0 moves, every process waits)."""
-        if jax.process_count() > 1:
-            multihost_utils.sync_global_devices("resnet_jax.checkpoints.restored")
-        if jax.process_index() == 0:
-            aside = self.workdir / CORRUPT_DIR
-            aside.mkdir(exist_ok=True)
-            for step in steps:
-                target = aside / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
-                shutil.move(self.manager.directory / str(step), target)
-                print(f"moved the damaged checkpoint of step {step} to {target}")
-        if jax.process_count() > 1:
-            multihost_utils.sync_global_devices("resnet_jax.checkpoints.set_aside")
-        self.manager.reload()
-
     def close(self) -> None:
         """Wait for a save in flight, then release the manager."""
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def _move_aside(folder: Path, steps: list[int]) -> None:
+    """Move damaged step folders to <workdir>/corrupt_checkpoints/ (process 0 moves, every process waits)."""
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(f"resnet_jax.checkpoints.damaged.{steps}")
+    if jax.process_index() == 0:
+        aside = folder.parent / CORRUPT_DIR
+        aside.mkdir(exist_ok=True)
+        for step in steps:
+            target = aside / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
+            shutil.move(folder / str(step), target)
+            print(f"moved the damaged checkpoint of step {step} to {target}")
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(f"resnet_jax.checkpoints.moved.{steps}")
+
+
+def _reason(error: Exception) -> str:
+    """The first line of an error, without TensorStore's spec dump, with its type unless that says nothing."""
+    text = (str(error).strip().splitlines() or [""])[0].split(" See full TensorStore details")[0][:300]
+    kind = type(error).__name__
+    return text if kind in ("Exception", "CheckpointError") else f"{kind}: {text}" if text else kind
 
 
 @jax.jit

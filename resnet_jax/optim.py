@@ -76,7 +76,7 @@ def make_schedule(config: ml_collections.ConfigDict, base_lr: float, steps_per_e
     """The learning rate as a function of the optimizer step."""
     unit = config.unit
     if not config.warmup >= 0:
-        raise ValueError(f"warmup={config.warmup} must be >= 0")
+        raise ValueError(f"schedule.warmup={config.warmup} must be >= 0")
     warmup = to_steps(config.warmup, unit, steps_per_epoch)
     if config.name == "cosine":
         return optax.warmup_cosine_decay_schedule(0.0, base_lr, warmup, max(total_steps, warmup + 1))

@@ -46,6 +46,12 @@ class PreemptionGuard:
             raise KeyboardInterrupt
         self.signal = signal.Signals(signum)
 
+    def stop(self, what_was_done: str) -> None:
+        """Say which signal stopped the run and what was saved, and raise Preempted."""
+        who = self.signal.name if self.signal else "a signal to another process"
+        print(f"{who}: {what_was_done}")
+        raise Preempted(f"{who}: {what_was_done}")
+
     def stop_requested(self, sync_point: bool) -> bool:
         """Whether every process stops after this step (the same answer on all of them)."""
         if jax.process_count() == 1:

@@ -200,6 +200,26 @@ def due(step: int, every: int, epoch_end: int, total_steps: int) -> bool:
     return step == total_steps or (step % every == 0 if every else step == epoch_end)
 
 
+def step_with_diagnostics(train_fn, diagnose, state: TrainState, batch: dict) -> tuple[TrainState, dict, dict]:
+    """train_fn(state, batch), with the gradient/activation diagnostics before the step and the update ratios after."""
+    diag = diagnose({"params": state.params, "batch_stats": state.batch_stats}, batch)
+    params_before = jax.tree.map(jnp.copy, state.params)  # the step donates state.params
+    state, metrics = train_fn(state, batch)
+    return state, metrics, diag | update_ratio_metrics(params_before, state.params)
+
+
+def after_evaluation(run: Run, state: TrainState, record: dict, step: int, best: tuple | None):
+    """Step the plateau with the evaluation and compare it with the best so far: (state, best, improved)."""
+    if run.config.plateau.enabled:
+        monitor = run.config.plateau.monitor
+        plateau = optim.step_plateau(run.plateau_tx, state.plateau, monitor, record[monitor])
+        state = state.replace(plateau=jax.device_put(plateau, NamedSharding(run.mesh, P())))
+    value = record[run.best_metric]
+    improved = math.isfinite(value) and (best is None or (value > best[1] if higher_is_better(run.best_metric)
+                                                          else value < best[1]))
+    return state, (step, value) if improved else best, improved
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, overwrite: bool = False) -> dict[str, float]:
     """Train (or resume) the configured run in `workdir`; returns the last evaluation's record.
 
@@ -218,10 +238,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, o
 
     checkpoints = Checkpoints(workdir, keep=config.checkpoint_keep, best_metric=run.best_metric)
     state = init_state(run.model, run.tx, run.plateau_tx, pipeline.image_shape, config.seed, run.mesh)
-    restored = checkpoints.restore(state)
-    info = {}
-    if restored:
-        state, info = restored
+    state, info = checkpoints.restore(state) or (state, {})
+    if info:
         check_same_data(info.get("data"), pipeline, config.data.path)
         if int(state.step) >= run.total_steps:
             checkpoints.close()
@@ -236,7 +254,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, o
     diagnose = diagnostics_fn(run.model) if config.diagnostics_every_steps else None
     meter = TrainMeter(info.get("train_totals"))
     best = checkpoints.best()  # (step, value) of the best evaluation so far
-    better = (lambda a, b: a > b) if higher_is_better(run.best_metric) else (lambda a, b: a < b)
     record: dict[str, float] = info.get("record", {})
     step = int(state.step)
     num_epochs = math.ceil(run.total_steps / spe)
@@ -250,15 +267,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, o
                 for batch in pipeline.train_batches(epoch, start_step=step - epoch * spe):
                     if step >= epoch_end:
                         break
-                    diagnosing = diagnose and step % config.diagnostics_every_steps == 0
-                    if diagnosing:  # every process joins the computation; the lead writes it
-                        diag = diagnose({"params": state.params, "batch_stats": state.batch_stats}, batch)
-                        params_before = jax.tree.map(jnp.copy, state.params)  # the step donates state.params
-                    state, metrics = train_fn(state, batch)
-                    if diagnosing:
-                        diag |= update_ratio_metrics(params_before, state.params)
+                    if diagnose and step % config.diagnostics_every_steps == 0:  # every process joins; the lead writes
+                        state, metrics, diag = step_with_diagnostics(train_fn, diagnose, state, batch)
                         if lead:
                             writer.write(step, step / spe, jax.device_get(diag))
+                    else:
+                        state, metrics = train_fn(state, batch)
                     step, window = step + 1, window + 1
                     meter.add(step, metrics)
                     bar.update(1)
@@ -275,40 +289,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, o
                     lr = float(run.schedule(step - 1)) * float(state.plateau.scale)
                     scalars = {f"train/{k}": v for k, v in means.items()} | {"lr": lr}
                     scalars["images_per_sec"] = window * config.batch_size / (time.perf_counter() - t0)
-                    if nonfinite:
-                        scalars["train/nonfinite_steps"] = len(nonfinite)
-                    event = evaluate_all(eval_fn, state, pipeline) if evaluating else {}
-                    if step == epoch_end:
-                        event |= meter.epoch_record()
+                    scalars |= {"train/nonfinite_steps": len(nonfinite)} if nonfinite else {}
                     if lead:
                         writer.write(step, step / spe, scalars)
                     bar.set_postfix(loss=f"{means.get('loss', math.nan):.3f}", lr=f"{lr:.2e}",
                                     img_s=f"{scalars['images_per_sec']:.0f}")
-                    value, improved = None, False
+                    event = evaluate_all(eval_fn, state, pipeline) if evaluating else {}
+                    event |= meter.epoch_record() if step == epoch_end else {}
                     if event:
                         record = event | {"lr": lr}
                         if lead:
                             writer.write(step, step / spe, record)
                         where = f"epoch {epoch + 1}/{num_epochs} (step {step})" if step == epoch_end else f"step {step}"
                         print(f"{where}: " + ", ".join(f"{k} {v:.4g}" for k, v in record.items()))
+                    improved = False
                     if evaluating:
-                        if config.plateau.enabled:
-                            plateau = optim.step_plateau(run.plateau_tx, state.plateau, config.plateau.monitor,
-                                                         record[config.plateau.monitor])
-                            state = state.replace(plateau=jax.device_put(plateau, NamedSharding(run.mesh, P())))
-                        value = record[run.best_metric]
-                        improved = math.isfinite(value) and (best is None or better(value, best[1]))
-                        best = (step, value) if improved else best
+                        state, best, improved = after_evaluation(run, state, record, step, best)
                     if saving or improved or stopping:
                         info = {"epoch": step / spe, "record": record, "train_totals": meter.totals,
                                 "data": data_fingerprint(pipeline)}
-                        checkpoints.save(state, info, value)
+                        checkpoints.save(state, info, record[run.best_metric] if evaluating else None)
                     if stopping:
-                        who = guard.signal.name if guard.signal else "a signal to another process"
-                        message = (f"{who}: saved a checkpoint at step {step} (epoch {step / spe:.2f}) in "
+                        guard.stop(f"saved a checkpoint at step {step} (epoch {step / spe:.2f}) in "
                                    f"{checkpoints.manager.directory}; re-run the same command to resume")
-                        print(message)
-                        raise preemption.Preempted(message)
                     t0, window = time.perf_counter(), 0
                 bar.close()
     finally:

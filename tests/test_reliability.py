@@ -27,7 +27,6 @@ from flax import struct
 from resnet_jax import config as config_lib
 from resnet_jax import optim, preemption
 from resnet_jax.checkpoints import CheckpointError, CheckpointMismatchError, Checkpoints
-from resnet_jax.divergence import NonFiniteError
 from resnet_jax.evaluate import evaluate_run
 from resnet_jax.metrics import MetricWriter, plot_curves, read_metrics
 from resnet_jax.train import init_state, setup, train_and_evaluate
@@ -256,6 +255,32 @@ def test_a_damaged_latest_checkpoint_is_reported_and_the_newest_intact_one_used(
     checkpoints.close()
 
 
+def test_a_damaged_metrics_file_is_set_aside_before_orbax_opens_the_folder(tmp_path, capsys):
+    checkpoints = Checkpoints(tmp_path)
+    for step in (1, 2, 3):
+        checkpoints.save(small_state(step), {}, value=0.5)
+    checkpoints.close()
+    (tmp_path / "checkpoints" / "3" / "metrics" / "metrics").write_text('{"val/accur')  # orbax would fail to open
+    with pytest.raises(CheckpointError, match=r"the metrics of step\(s\) \[3\] in .* are damaged: resume the training"):
+        Checkpoints(tmp_path, read_only=True)
+    checkpoints = Checkpoints(tmp_path)
+    assert "checkpoints/3 is incomplete or corrupt (JSONDecodeError" in capsys.readouterr().out
+    assert int(checkpoints.restore(small_state(0))[0].step) == 2 and checkpoints.best() == (1, 0.5)
+    assert [p.name.split("-")[0] for p in (tmp_path / "corrupt_checkpoints").iterdir()] == ["3"]
+
+
+def test_damaged_bookkeeping_files_do_not_matter_when_the_arrays_pass_their_digest(tmp_path):
+    checkpoints = Checkpoints(tmp_path)
+    for step in (1, 2):
+        checkpoints.save(small_state(step), {"epoch": step})
+    checkpoints.close()
+    (tmp_path / "checkpoints" / "2" / "_CHECKPOINT_METADATA").write_text('{"garb')
+    (tmp_path / "checkpoints" / "2" / "commit_success.txt").unlink()
+    state, info = Checkpoints(tmp_path, read_only=True).restore(small_state(0))
+    chex.assert_trees_all_equal(state, small_state(2))
+    assert info == {"epoch": 2}
+
+
 def test_no_intact_checkpoint_is_an_error_that_moves_nothing(tmp_path):
     checkpoints = Checkpoints(tmp_path)
     for step in (1, 2):
@@ -330,7 +355,7 @@ def test_evaluate_latest_reports_the_latest_checkpoints_epoch_and_best_the_best_
     ({"schedule.unit": "hours"}, "unknown schedule unit 'hours'"),
     ({"schedule.name": "piecewise", "schedule.boundaries": (2.0, 1.0), "schedule.scales": (0.1, 0.1)},
      "must be >= 0 and in increasing order"),
-    ({"schedule.warmup": -1.0}, "warmup=-1.0 must be >= 0"),
+    ({"schedule.warmup": -1.0}, "schedule.warmup=-1.0 must be >= 0"),
     ({"optimizer.name": "lion"}, "unknown optimizer 'lion'"),
     ({"optimizer.learning_rate": 0.0}, "optimizer.learning_rate=0.0 must be finite and > 0"),
     ({"optimizer.learning_rate": float("nan")}, "optimizer.learning_rate=nan must be finite and > 0"),

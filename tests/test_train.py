@@ -256,6 +256,8 @@ def test_interrupted_mid_epoch_and_resumed_run_equals_an_uninterrupted_one(tmp_p
     assert int(final["full"].step) == 12
     events_full, events_resumed = read_metrics(tmp_path / "full"), read_metrics(tmp_path / "resumed")
     assert [e["step"] for e in events_resumed] == [e["step"] for e in events_full]  # no duplicated events
+    epochs = lambda events: [e for e in events if "train_epoch/loss" in e]  # noqa: E731
+    assert epochs(events_resumed) == epochs(events_full)  # epoch 1's train means carried over the checkpoint of step 5
     # Every step is in some train log (the window is read at every log, epoch-end and checkpoint step), and each
     # epoch has its record.
     assert [e["step"] for e in events_full if "train/loss" in e] == [3, 5, 6, 8, 9, 10, 12]
@@ -299,7 +301,7 @@ def test_cli_trains_writes_records_and_evaluates(tmp_path, learnable_idx_dir):
     assert math.isclose(result["test/accuracy"], events[-1]["test/accuracy"], rel_tol=1e-6) and result["epoch"] == 1.0
 
 
-def test_cli_rejects_an_unknown_config_key_naming_the_nearest(tmp_path):
+def test_cli_rejects_unknown_keys_naming_the_nearest_and_bad_values_before_anything(tmp_path):
     workdir = tmp_path / "run"
     out = run_cli("resnet_jax.train", "--config", "experiments/quickstart.py", "--workdir", str(workdir),
                   "--config.lerning_rate=0.1", "--config.model.widths=(4,8,16)", "--config.optimizer.nesterv=False")
@@ -308,3 +310,8 @@ def test_cli_rejects_an_unknown_config_key_naming_the_nearest(tmp_path):
     assert "--config.optimizer.nesterv: no such key (did you mean --config.optimizer.nesterov" in out.stderr
     assert "AttributeError" not in out.stderr and "Traceback" not in out.stderr
     assert not workdir.exists()
+    out = run_cli("resnet_jax.train", "--config", "experiments/quickstart.py", "--workdir", str(workdir),
+                  "--config.log_every_steps=0", "--config.checkpoint_keep=0")
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert "error: invalid config:\n  log_every_steps=0: must be an integer >= 1\n  checkpoint_keep=0" in out.stderr
+    assert "Traceback" not in out.stderr and not workdir.exists()
