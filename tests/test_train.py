@@ -225,8 +225,8 @@ class SimulatedPreemption(Exception):
 
 
 def test_interrupted_mid_epoch_and_resumed_run_equals_an_uninterrupted_one(tmp_path, learnable_idx_dir, monkeypatch):
-    # 1.5 epochs of 8 steps, checkpoints every 5 steps (and at epoch ends)
-    config = tiny_config(learnable_idx_dir, num_steps=12, checkpoint_every_steps=5)
+    # 1.5 epochs of 8 steps; evaluations and checkpoints every 5 steps (and at the last step)
+    config = tiny_config(learnable_idx_dir, num_steps=12, checkpoint_every_steps=5, eval_every_steps=5)
     full = train_and_evaluate(config, tmp_path / "full")
 
     original_save = Checkpoints.save
@@ -262,12 +262,13 @@ def test_interrupted_mid_epoch_and_resumed_run_equals_an_uninterrupted_one(tmp_p
     # epoch has its record.
     assert [e["step"] for e in events_full if "train/loss" in e] == [3, 5, 6, 8, 9, 10, 12]
     assert [e["step"] for e in events_full if "train_epoch/loss" in e] == [8, 12]
+    assert [e["step"] for e in events_full if "val/loss" in e] == [5, 10, 12]
     assert events_resumed[-1]["test/accuracy"] == events_full[-1]["test/accuracy"]
     # It learned the task (two classes, chance 0.5) and wrote the figure and both checkpoints.
     assert full["test/accuracy"] > 0.9
     for name in ("curves.png", "config.json", "checkpoints", "tensorboard"):
         assert (tmp_path / "full" / name).exists(), name
-    assert sorted(int(p.name) for p in (tmp_path / "full" / "checkpoints").iterdir()) == [8, 10, 12]  # the 3 latest (the best, step 8, among them)
+    assert sorted(int(p.name) for p in (tmp_path / "full" / "checkpoints").iterdir()) == [5, 10, 12]  # the 3 latest, the best among them
 
 
 def run_cli(*args, timeout=600):
