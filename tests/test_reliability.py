@@ -282,6 +282,7 @@ def test_damaged_bookkeeping_files_do_not_matter_when_the_arrays_pass_their_dige
     assert info == {"epoch": 2}
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # orbax's abandoned read coroutines
 def test_no_intact_checkpoint_is_an_error_that_moves_nothing(tmp_path):
     checkpoints = Checkpoints(tmp_path)
     for step in (1, 2):
