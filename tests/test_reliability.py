@@ -377,10 +377,12 @@ def test_every_bad_value_is_refused_before_anything_is_read_or_written(tmp_path,
 
 def test_all_problems_are_named_at_once():
     config = config_lib.default_config()
-    config.update_from_flattened_dict({"log_every_steps": 0, "batch_size": 0, "optimizer.name": "lion"})
+    config.update_from_flattened_dict({"log_every_steps": 0, "batch_size": 0, "optimizer.name": "lion",
+                                       "data.train_subset": -5})
     with pytest.raises(config_lib.ConfigError) as error:
         config_lib.validate(config)
-    assert all(key in str(error.value) for key in ("log_every_steps=0", "batch_size=0", "unknown optimizer 'lion'"))
+    assert all(key in str(error.value) for key in ("log_every_steps=0", "batch_size=0", "unknown optimizer 'lion'",
+                                                   "data.train_subset=-5"))
 
 
 def test_unknown_override_keys_name_the_nearest_valid_ones():
@@ -411,6 +413,18 @@ def test_cosmetic_config_changes_do_not_block_a_resume_and_semantic_ones_are_nam
     semantic = quick_config(learnable_idx_dir, {"batch_size": 16, "seed": 1, "log_every_steps": 7})
     with pytest.raises(WorkdirError, match=r"\(differs in: batch_size, seed\)"):
         check_workdir(workdir, semantic, overwrite=False)
+
+
+def test_a_key_the_saved_config_lacks_counts_as_its_default(tmp_path, learnable_idx_dir):
+    """A run saved before a key existed (e.g. data.num_classes) resumes unless the key is set to another value."""
+    workdir = tmp_path / "run"
+    save_config(workdir, quick_config(learnable_idx_dir))
+    saved = json.loads((workdir / "config.json").read_text())
+    del saved["data"]["num_classes"]
+    (workdir / "config.json").write_text(json.dumps(saved))
+    assert check_workdir(workdir, quick_config(learnable_idx_dir), overwrite=False) == []
+    with pytest.raises(WorkdirError, match=r"\(differs in: data.num_classes\)"):
+        check_workdir(workdir, quick_config(learnable_idx_dir, {"data.num_classes": 3}), overwrite=False)
 
 
 def test_a_resume_with_cosmetic_changes_and_the_same_data_elsewhere_ends_where_the_reference_does(
