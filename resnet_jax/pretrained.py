@@ -22,12 +22,11 @@ import os
 import pickle
 import re
 import shutil
-import tempfile
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -111,12 +110,14 @@ def download(name: str, fmt: str = "torchvision", cache_dir: str | Path | None =
     if path.exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".part")  # renamed when complete: no half file under the real name
     try:
-        with urllib.request.urlopen(url, timeout=60) as response, tempfile.NamedTemporaryFile(dir=path.parent, delete=False) as tmp:
-            shutil.copyfileobj(response, tmp)
+        with urllib.request.urlopen(url, timeout=60) as response, open(partial, "wb") as out:
+            shutil.copyfileobj(response, out)
     except (urllib.error.URLError, OSError) as e:
+        partial.unlink(missing_ok=True)
         raise FileNotFoundError(f"could not download {url} ({e}); download it by hand and put it at {path}") from e
-    Path(tmp.name).replace(path)  # whole files only: an interrupted download leaves no half file under the name
+    partial.replace(path)
     return path
 
 
@@ -316,18 +317,6 @@ def keras_seed_name(tensors: Mapping[str, np.ndarray]) -> str | None:
     return None
 
 
-def describe(target: Mapping[str, Any] | None, candidates: tuple[str, ...], source: str, classes: int | None) -> str:
-    """'torchvision's resnet50 with a 1000-class head', for error messages."""
-    if target is None:
-        return f"no {source} ResNet the zoo knows"
-    name = zoo_name(target, candidates)
-    head = f" with a {classes}-class head" if classes else " without a head"
-    if name:
-        return f"{source}'s {name}{head} (create_model({name!r}, num_classes))"
-    shown = {k: target[k] for k in ("block", "version", "stage_sizes", "widths", "inner_widths")}
-    return f"a {source}-layout ResNet{head}: " + ", ".join(f"{k}={v!r}" for k, v in shown.items())
-
-
 # ---- Reading files ------------------------------------------------------------------------------
 
 def resolve_format(path: Path, fmt: str) -> str:
@@ -335,6 +324,11 @@ def resolve_format(path: Path, fmt: str) -> str:
     if fmt not in FORMATS:
         raise PretrainedWeightsError(f"unknown weights format {fmt!r}; choose one of {', '.join(FORMATS)}")
     suffix = path.suffix.lower()
+    if suffix == ".keras":
+        raise PretrainedWeightsError(
+            f"{path.name} is a Keras 3 archive, whose weights name layers by class, not by name: load it with "
+            "keras.saving.load_model and save it with model.save('model.h5'), which keeps the names"
+        )
     kind = "keras" if suffix in KERAS_SUFFIXES else "torch" if suffix in TORCH_SUFFIXES else None
     if kind is None:
         raise PretrainedWeightsError(
@@ -422,15 +416,30 @@ def missing_file_message(path: Path, fmt: str, model: ResNet) -> str:
     )
 
 
-def from_tensors(
-    tensors: Mapping[str, np.ndarray], fmt: str, model: ResNet, *, keep_head: bool = False, source: str = "the weights"
-) -> dict[str, Any]:
-    """`load_pretrained` for tensors already in memory: a torch state dict as numpy arrays (fmt 'torchvision' or
-    'timm') or Keras {'layer/weight': array} (fmt 'keras')."""
-    tensors = {k: np.asarray(v) for k, v in tensors.items()}
-    expected = abstract_variables(model)
-    # In the order the model creates them (conv before its BN, params before statistics), for readable messages.
-    paths = sorted(expected, key=lambda p: (creation_order(p[1:-1]), keras_kind(p[-2]) != "conv2d", p[0] != "params", p[-1]))
+class FileMatch(NamedTuple):
+    """How a file's tensors line up with a model's variables."""
+
+    names: dict[VarPath, str]  # our variable -> the file's key
+    to_ours: Callable[[np.ndarray], np.ndarray]  # the file's array -> our layout
+    target: dict[str, Any] | None  # the layout of the network the file holds (None: not recognised)
+    candidates: tuple[str, ...]  # zoo names it may be
+    classes: int | None  # its head's class count (None: no head)
+
+
+def describe(match: FileMatch, fmt: str) -> str:
+    """'resnet50 (torchvision layout) with a 1000-class head: create_model('resnet50', num_classes)', for messages."""
+    head = f" with a {match.classes}-class head" if match.classes else " without a head"
+    if match.target is None:
+        return f"no {fmt} ResNet the zoo knows"
+    name = zoo_name(match.target, match.candidates)
+    if name:
+        return f"{name} ({fmt} layout){head}: create_model({name!r}, num_classes)"
+    shown = {k: match.target[k] for k in ("block", "version", "stage_sizes", "widths", "inner_widths")}
+    return f"a {fmt}-layout ResNet{head}: " + ", ".join(f"{k}={v!r}" for k, v in shown.items())
+
+
+def match_file(tensors: Mapping[str, np.ndarray], fmt: str, model: ResNet, paths: list[VarPath], source: str) -> FileMatch:
+    """Our variables' names in the file, and what network the file holds."""
     if fmt in ("torchvision", "timm"):
         variant = torch_variant(tensors)
         if variant:
@@ -438,35 +447,44 @@ def from_tensors(
                 f"{source} is not a plain torchvision/timm ResNet: {variant}. Supported: torchvision's and timm's "
                 f"resnet18/34/50/101/152 and wide_resnet50_2/101_2 (any weights tag, e.g. resnet50.a1_in1k)"
             )
-        names = {p: torch_key(p) for p in paths}
-        target, candidates, to_ours = torch_architecture(tensors), TORCH_ARCHITECTURES, from_torch_layout
         classes = tensors["fc.weight"].shape[0] if "fc.weight" in tensors else None
-    elif fmt == "keras":
-        if any(KERAS_DEFAULT_NAME.fullmatch(k.split("/")[0]) is None for k in tensors):
-            names = {p: keras_key(p, model.version) for p in paths}
-            target, candidates = keras_architecture(tensors), KERAS_ARCHITECTURES
-        else:  # default layer names only (conv2d, conv2d_1, ...): matched by creation order
-            names = keras_default_names(paths, tensors)
-            candidates = (keras_seed_name(tensors),) if keras_seed_name(tensors) else ()
-            target = layout(models.model_spec(candidates[0])) if candidates else None
-        to_ours = np.asarray
-        head = names.get(("params", "head", "kernel"))
-        classes = tensors[head].shape[-1] if head in tensors else None
-    else:
+        names = {p: torch_key(p) for p in paths}
+        return FileMatch(names, from_torch_layout, torch_architecture(tensors), TORCH_ARCHITECTURES, classes)
+    if fmt != "keras":
         raise PretrainedWeightsError(f"unknown weights format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if any(KERAS_DEFAULT_NAME.fullmatch(k.split("/")[0]) is None for k in tensors):
+        names = {p: keras_key(p, model.version) for p in paths}
+        target, candidates = keras_architecture(tensors), KERAS_ARCHITECTURES
+    else:  # default layer names only (conv2d, conv2d_1, ...): matched by creation order
+        names = keras_default_names(paths, tensors)
+        seed = keras_seed_name(tensors)
+        target, candidates = (layout(models.model_spec(seed)), (seed,)) if seed else (None, ())
+    head = names[("params", "head", "kernel")]
+    return FileMatch(names, np.asarray, target, candidates, tensors[head].shape[-1] if head in tensors else None)
 
-    head_keys = {names[p] for p in paths if p[1] == "head"}
+
+def from_tensors(
+    tensors: Mapping[str, np.ndarray], fmt: str, model: ResNet, *, keep_head: bool = False, source: str = "the tensors"
+) -> dict[str, Any]:
+    """`load_pretrained` for tensors already in memory: a torch state dict as numpy arrays (fmt 'torchvision' or
+    'timm') or Keras {'layer/weight': array} (fmt 'keras')."""
+    tensors = {k: np.asarray(v) for k, v in tensors.items()}
+    expected = abstract_variables(model)
+    # In the order the model creates them (conv before its BN, params before statistics), for readable messages.
+    paths = sorted(expected, key=lambda p: (creation_order(p[1:-1]), keras_kind(p[-2]) != "conv2d", p[0] != "params", p[-1]))
+    match = match_file(tensors, fmt, model, paths, source)
+    head_keys = {match.names[p] for p in paths if p[1] == "head"}
     if not keep_head:
         paths = [p for p in paths if p[1] != "head"]
-    used = {names[p] for p in paths}
-    unexpected = sorted(k for k in tensors if k not in used and not k.endswith("num_batches_tracked") and not (not keep_head and k in head_keys))
+    ignored = {k for k in tensors if k.endswith("num_batches_tracked")} | (set() if keep_head else head_keys)
+    unexpected = sorted(set(tensors) - {match.names[p] for p in paths} - ignored)
     missing, misshaped, flat = [], [], {}
     for p in paths:
-        key = names[p]
+        key = match.names[p]
         if key not in tensors:
             missing.append(key)
             continue
-        value = to_ours(tensors[key])
+        value = match.to_ours(tensors[key])
         if value.shape != expected[p].shape:
             misshaped.append(f"{key} {tensors[key].shape} (as ours {value.shape}; the model's {'/'.join(p[1:])} is {expected[p].shape})")
             continue
@@ -474,17 +492,17 @@ def from_tensors(
         flat[p] = value.astype(dtype)
 
     ours = model_layout(model)
-    differ = [f"{k}={ours[k]!r} (the file's network: {v!r})" for k, v in (target or {}).items() if ours[k] != v]
+    differ = [f"{k}={ours[k]!r} (the file's network: {v!r})" for k, v in (match.target or {}).items() if ours[k] != v]
     if missing or unexpected or misshaped or differ:
-        lines = [f"{source} ({fmt}) does not fit the model; the file holds {describe(target, candidates, fmt, classes)}"]
+        lines = [f"{source} ({fmt}) cannot load into this model: the file holds {describe(match, fmt)}"]
         if differ:
             lines.append(f"model options that differ from the file's network: {'; '.join(differ)}")
         for what, keys in (("missing from the file", missing), ("unexpected in the file", unexpected), ("mis-shaped", misshaped)):
             if keys:
                 shown = ", ".join(keys[:8]) + (f", ... ({len(keys) - 8} more)" if len(keys) > 8 else "")
                 lines.append(f"{what} ({len(keys)}): {shown}")
-        if keep_head and any(k in head_keys for k in missing + [m.split(" ")[0] for m in misshaped]):
-            lines.append(f"the file's head has {classes or 'no'} classes, the model {model.num_classes}: pass keep_head=False for a new head")
+        if keep_head and any(key.split(" ")[0] in head_keys for key in missing + misshaped):
+            lines.append(f"the file's head has {match.classes or 'no'} classes, the model {model.num_classes}: pass keep_head=False for a new head")
         raise PretrainedWeightsError("\n  ".join(lines))
     return traverse_util.unflatten_dict(flat)
 

@@ -223,7 +223,7 @@ def test_wrong_architecture_lists_missing_unexpected_misshaped_and_names_the_fil
     with pytest.raises(PretrainedWeightsError) as e:
         from_tensors(state, "torchvision", create_model("resnet34", 1000), source="resnet18.pth")
     message = str(e.value)
-    assert "torchvision's resnet18 with a 1000-class head (create_model('resnet18', num_classes))" in message
+    assert "the file holds resnet18 (torchvision layout) with a 1000-class head: create_model('resnet18', num_classes)" in message
     assert "stage_sizes=(3, 4, 6, 3) (the file's network: (2, 2, 2, 2))" in message
     assert "missing from the file (" in message and "layer1.2.conv1.weight" in message
     assert "unexpected" not in message
@@ -275,6 +275,8 @@ def test_wrong_or_unknown_format(tmp_path):
         load_pretrained(tmp_path / "w.pth", "onnx", model)
     with pytest.raises(PretrainedWeightsError, match="unknown weights file type '.npz'"):
         load_pretrained(tmp_path / "w.npz", "auto", model)
+    with pytest.raises(PretrainedWeightsError, match=re.escape("Keras 3 archive")):
+        load_pretrained(tmp_path / "w.keras", "keras", model)
 
 
 def test_a_pickle_that_would_run_code_is_refused(tmp_path):
