@@ -6,7 +6,7 @@ float64 on both sides they agree to 1e-9 relative (max |difference| / max |logit
 proves the architecture and the conversion, down to Keras' BatchNorm epsilon of 1.001e-5 (1e-5 moves ResNet-50's
 logits by about 1e-8). In float32 our error against the float64 reference is at most 4x the reference's own float32 error:
 deep random nets amplify rounding (a fixed tolerance would fail ResNet-152 on rounding alone), and XLA's CPU convs
-round in another order than oneDNN's and TF's (measured: ours 0.35x to 2.6x theirs, all below 1.3e-6).
+round in another order than oneDNN's and TF's (measured: ours 0.5x to 2.9x theirs, all below 1.4e-6).
 
 Coverage (sizes: 224 the ImageNet size, 97 odd, 32 the seeds' size):
   torchvision resnet18, resnet50                                    224, 97, 32
