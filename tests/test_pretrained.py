@@ -24,7 +24,6 @@ Our forwards run eagerly: each op compiles once per shape and dtype and is reuse
 import re
 import sys
 
-import h5py
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -388,6 +387,7 @@ def test_keras_seed_networks_parity_from_h5(keras, tmp_path, version, depth):
 
 
 def test_keras_h5_layouts_model_file_and_weights_file_read_alike(keras, tmp_path):
+    import h5py
     import keras_seed
 
     model = keras_seed.resnet_v1((32, 32, 3), 8)
