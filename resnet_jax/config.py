@@ -37,8 +37,11 @@ def default_config() -> ml_collections.ConfigDict:
             version="",  # 'v1' | 'v1.5' | 'v2'
             widths=(),
             zero_init_residual=False,
-            bn_momentum=0.9,  # running-average decay; PyTorch's momentum 0.1 == 0.9 here, Keras' default is 0.99
-            bn_epsilon=1e-5,  # PyTorch 1e-5, Keras 1e-3
+            # BatchNorm running-average decay (PyTorch's momentum 0.1 == 0.9 here; Keras' default is 0.99) and
+            # epsilon (PyTorch 1e-5, Keras 1e-3, Keras applications 1.001e-5); 0 = the zoo name's own (0.9, 1e-5
+            # for torchvision-style nets, Keras' values for the keras_* names).
+            bn_momentum=0.0,
+            bn_epsilon=0.0,
             dtype="float32",  # compute dtype: 'float32' | 'bfloat16'; params and BN statistics stay float32
         )
     )
@@ -64,13 +67,12 @@ def default_config() -> ml_collections.ConfigDict:
 
 def model_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """The create_model keyword arguments of a `model` section; empty values keep the family's defaults."""
-    options = {k: config[k] for k in ("shortcut", "version") if config[k]}
+    options = {k: config[k] for k in ("shortcut", "version", "bn_momentum", "bn_epsilon") if config[k]}
     if config.widths:
         options["widths"] = tuple(config.widths)
     if config.dtype not in DTYPES:
         raise ConfigError(f"unknown model.dtype {config.dtype!r}; choose one of {', '.join(DTYPES)}")
-    return dict(options, zero_init_residual=config.zero_init_residual, bn_momentum=config.bn_momentum,
-                bn_epsilon=config.bn_epsilon, dtype=DTYPES[config.dtype])
+    return dict(options, zero_init_residual=config.zero_init_residual, dtype=DTYPES[config.dtype])
 
 
 def validate(config: ml_collections.ConfigDict) -> None:

@@ -4,10 +4,15 @@ import gzip
 import os
 import shutil
 import struct
+import sys
 import tempfile
 
 import numpy as np
 import pytest
+
+# torch._dynamo (imported by torchvision and by torch's optimizers) loads triton, whose LLVM segfaults a process that
+# already holds TensorFlow's. The tests use torch on the CPU only, where triton is never needed: hide it.
+sys.modules.setdefault("triton", None)
 
 
 def pytest_configure(config):
