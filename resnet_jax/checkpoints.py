@@ -52,6 +52,17 @@ class Checkpoints:
         )
         return restored["state"], restored["info"]
 
+    def restore_variables(self, abstract_variables: dict, which: str = "best") -> dict | None:
+        """Only the model variables ({'params', 'batch_stats'}, or the part of them `abstract_variables` names) of the
+        newest `which` checkpoint, as host arrays, whatever optimizer wrote it: the start of a transfer run."""
+        manager = self.managers[which]
+        step = manager.latest_step()
+        if step is None:
+            return None
+        args = ocp.args.PyTreeRestore(abstract_variables, ocp.checkpoint_utils.construct_restore_args(abstract_variables),
+                                      partial_restore=True)
+        return ocp.PyTreeCheckpointer().restore(manager.directory / str(step) / "state", args=args)
+
     def close(self) -> None:
         for manager in self.managers.values():
             manager.wait_until_finished()

@@ -7,7 +7,7 @@ the command line changes any key with --config.<key>=<value>.
 import ml_collections
 
 from resnet_jax import data as data_lib
-from resnet_jax import optim
+from resnet_jax import optim, transfer
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -25,8 +25,13 @@ def default_config() -> ml_collections.ConfigDict:
             bn_momentum=0.9,  # running-average decay; PyTorch's momentum 0.1 == 0.9 here, Keras' default is 0.99
             bn_epsilon=1e-5,  # PyTorch 1e-5, Keras 1e-3
             dtype="float32",  # compute dtype: 'float32' | 'bfloat16'; params and BN statistics stay float32
+            head_pooling="avg",  # 'avg' (global average pooling) | 'flatten' (the transfer seeds' Flatten)
+            head_hidden=(),  # widths of hidden Dense+ReLU layers before the classifier; the seeds' head: (1000,)
+            head_dropout=0.0,  # dropout before each Dense of the head (the 003 seed: 0.7)
         )
     )
+    c.init_from = transfer.init_from_config()  # start from one of our runs or an ImageNet weights file
+    c.transfer = transfer.transfer_config()  # what trains: frozen stages, backbone rate, feature caching
     c.data = data_lib.default_config()
     c.optimizer = optim.optimizer_config()
     c.schedule = optim.schedule_config()

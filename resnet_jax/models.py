@@ -10,6 +10,10 @@ shortcut parameter) and gives the plain network of the same layers, for ablation
 
 Padding is explicit and symmetric, as in torchvision and Keras, so imported weights reproduce their
 outputs; any input size works.
+
+For transfer learning the head is configurable (pooling, hidden layers, dropout: `Head`), the first K stages
+(stem = stage 0) can run BatchNorm on their running statistics even in training (`frozen_bn_stages`, Keras'
+trainable=False), and the backbone's output is sown as features/backbone for feature caching.
 """
 
 from collections.abc import Callable, Sequence
@@ -17,6 +21,7 @@ from functools import partial
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 ModuleDef = Any
@@ -145,12 +150,51 @@ def conv2d(features: int, kernel_size: tuple[int, int], strides: int = 1, **kwar
     return nn.Conv(features, kernel_size, strides, padding=pad, use_bias=False, kernel_init=conv_init, **kwargs)
 
 
+class Head(nn.Module):
+    """The classifier on the pooled backbone features: [dropout, Dense(width), act] per hidden width, dropout, Dense.
+
+    Its layers are named `head_hidden<i>` and `head`; inside a ResNet they sit at the top level of its params
+    (the default head, no hidden layer and no dropout, is the single Dense `head` of torchvision and the papers).
+    """
+
+    num_classes: int
+    hidden: Sequence[int] = ()
+    dropout: float = 0.0
+    act: Callable = nn.relu
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        dense = partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype)
+        for i, width in enumerate(self.hidden):
+            x = self.act(dense(width, name=f"head_hidden{i + 1}")(self._dropout(x, train)))
+        return dense(self.num_classes, name="head")(self._dropout(x, train))
+
+    def _dropout(self, x, train: bool):
+        """Inverted dropout (nn.Dropout's), its mask drawn with x's sharding so that it works on an Explicit mesh."""
+        if not (train and self.dropout):
+            return x
+        keep = 1.0 - self.dropout
+        mask = jax.random.bernoulli(self.make_rng("dropout"), keep, x.shape, out_sharding=jax.typeof(x).sharding)
+        return jnp.where(mask, x / keep, jnp.zeros_like(x))
+
+
+def head_of(model: "ResNet") -> Head:
+    """The Head module of `model`: applied to the sown features with the model's params, it gives its logits."""
+    return Head(model.num_classes, tuple(model.head_hidden), model.head_dropout, model.act, model.dtype,
+                model.param_dtype)
+
+
 class ResNet(nn.Module):
     """A residual (or, with residual=False, plain) network.
 
     stem: 'cifar' (3x3 conv, 16 filters) or 'imagenet' (7x7/2 conv + 3x3/2 max-pool).
     bn_momentum is the running-average decay: Flax/Keras 0.9 (Keras' default 0.99) correspond to
     PyTorch's momentum 1 - decay, i.e. PyTorch's default 0.1 is bn_momentum=0.9.
+    Head: head_pooling 'avg' (global average, the default) or 'flatten' (the seeds' Flatten), then `Head`.
+    frozen_bn_stages: the first K stages (stem = stage 0, then stage1...; -1 = all, final_norm included) run
+    BatchNorm on their running statistics and leave them unchanged, also when train=True.
     """
 
     stage_sizes: Sequence[int]
@@ -167,6 +211,10 @@ class ResNet(nn.Module):
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     act: Callable = nn.relu
+    head_pooling: str = "avg"  # 'avg' | 'flatten'
+    head_hidden: Sequence[int] = ()
+    head_dropout: float = 0.0
+    frozen_bn_stages: int = 0
 
     def __post_init__(self):
         check_choice("block", self.block, ("basic", "bottleneck"))
@@ -177,20 +225,33 @@ class ResNet(nn.Module):
             raise ValueError(f"widths {tuple(self.widths)} and stage_sizes {tuple(self.stage_sizes)} differ in length")
         if self.zero_init_residual and self.version == "v2":
             raise ValueError("zero_init_residual needs a BN at the end of each block: use version 'v1' or 'v1.5'")
+        check_choice("head_pooling", self.head_pooling, ("avg", "flatten"))
+        if not 0 <= self.head_dropout < 1:
+            raise ValueError(f"head_dropout is a drop probability in [0, 1); got {self.head_dropout}")
+        stages = len(self.stage_sizes) + 1
+        if not -1 <= self.frozen_bn_stages <= stages:
+            raise ValueError(f"frozen_bn_stages={self.frozen_bn_stages}: this network has {stages} stages (stem = stage 0); "
+                             f"use 0..{stages}, or -1 for all")
         super().__post_init__()
 
     @nn.compact
     def __call__(self, x, train: bool = False):
         conv = partial(conv2d, dtype=self.dtype, param_dtype=self.param_dtype)
-        # Statistics are reduced in float32 whatever the compute dtype (Flax's default).
-        norm = partial(
-            nn.BatchNorm,
-            use_running_average=not train,
-            momentum=self.bn_momentum,
-            epsilon=self.bn_epsilon,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-        )
+        last_stage = len(self.stage_sizes)
+        frozen = last_stage + 1 if self.frozen_bn_stages == -1 else self.frozen_bn_stages
+
+        def norm_of(stage: int):
+            # Statistics are reduced in float32 whatever the compute dtype (Flax's default).
+            return partial(
+                nn.BatchNorm,
+                use_running_average=not train or stage < frozen,
+                momentum=self.bn_momentum,
+                epsilon=self.bn_epsilon,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+            )
+
+        norm = norm_of(0)
         preact = self.version == "v2"
         x = jnp.asarray(x, self.dtype)
         if self.stem == "imagenet":
@@ -210,7 +271,7 @@ class ResNet(nn.Module):
                 x = block_cls(
                     filters,
                     conv=conv,
-                    norm=norm,
+                    norm=norm_of(i + 1),
                     act=self.act,
                     strides=2 if i > 0 and j == 0 else 1,
                     shortcut=self.shortcut,
@@ -219,10 +280,13 @@ class ResNet(nn.Module):
                     **extra,
                 )(x)
         if preact:
-            x = self.act(norm(name="final_norm")(x))
-        x = jnp.mean(x, axis=(1, 2))
-        x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name="head")(x)
-        return jnp.asarray(x, jnp.float32)
+            x = self.act(norm_of(last_stage)(name="final_norm")(x))
+        x = jnp.mean(x, axis=(1, 2)) if self.head_pooling == "avg" else x.reshape(x.shape[0], -1)
+        if not self.is_initializing():  # init returns {'params', 'batch_stats'} only
+            self.sow("features", "backbone", x)  # the backbone's output, for feature caching (mutable=['features'])
+        head = head_of(self)
+        nn.share_scope(self, head)  # the head's layers are top-level layers of this model
+        return jnp.asarray(head(x, train), jnp.float32)
 
 
 def check_choice(what: str, value: Any, choices: Sequence[Any]) -> None:

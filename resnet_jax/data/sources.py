@@ -63,6 +63,9 @@ def default_config() -> ml_collections.ConfigDict:
         "in_memory": config_dict.FieldReference("auto", field_type=object),  # 'auto' | True | False
         "eval_batch_size": 0,       # 0 = the train batch size
         "train_subset": 0,          # 0 = all; else the first N training images
+        "classes": (),              # () = all; else keep these labels only, relabelled 0..k-1 in this order
+        "train_per_class": 0,       # 0 = all; else at most N training images per class (few-shot), drawn by subset_seed
+        "subset_seed": 0,           # the draw of train_per_class; a larger N with the same seed keeps the smaller draw
     })
 
 
@@ -85,9 +88,13 @@ def load_dataset(config: ml_collections.ConfigDict) -> Dataset:
     splits, class_names, origin = readers[config.source](config)
     if "val" in splits and config.val_size:
         raise DataError(f"{origin} already has a val split; set val_size=0 or remove it")
+    if config.classes:
+        splits, class_names = select_classes(splits, class_names, config.classes)
     ranges = split_ranges(len(splits["train"][1]), config.val_size, config.train_subset)
     x, y = splits.pop("train")
     splits = {k: (x[a:b], y[a:b]) for k, (a, b) in ranges.items()} | splits
+    if config.train_per_class:
+        splits["train"] = per_class_subset(*splits["train"], config.train_per_class, config.subset_seed)
     if config.image_size and config.source in ("idx", "cifar"):  # after the subset: resize only what is used
         splits = {k: _resize_arrays(x, y, config.image_size) for k, (x, y) in splits.items()}
     print(f"data: {config.name} from {origin}", flush=True)
@@ -106,6 +113,33 @@ def split_ranges(n: int, val_size: int, train_subset: int) -> dict[str, tuple[in
     if val_size:
         ranges["val"] = (n - val_size, n)
     return ranges
+
+
+def select_classes(splits: dict, class_names: list[str], classes) -> tuple[dict, list[str]]:
+    """Only the examples of `classes` (label values), relabelled 0..k-1 in the order given; their names kept."""
+    classes = list(classes)
+    bad = [c for c in classes if not (isinstance(c, int) and 0 <= c < len(class_names))]
+    if bad or len(set(classes)) != len(classes):
+        raise DataError(f"classes={tuple(classes)} must be distinct labels in [0, {len(class_names)}) "
+                        f"({', '.join(f'{i}: {n}' for i, n in enumerate(class_names))})")
+    relabel = np.full(len(class_names), -1, np.int32)
+    relabel[classes] = np.arange(len(classes))
+    kept = {k: (x[relabel[y] >= 0], relabel[y[relabel[y] >= 0]]) for k, (x, y) in splits.items()}
+    return kept, [class_names[c] for c in classes]
+
+
+def per_class_subset(images: np.ndarray, labels: np.ndarray, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """At most `n` images of each class, drawn at random by `seed` and kept in their stored order.
+
+    Each class's draw is a prefix of one permutation per class, so with the same seed the 10-shot subset is inside
+    the 100-shot one.
+    """
+    if n < 0:
+        raise DataError(f"train_per_class={n} must be >= 0 (0 = all)")
+    rng = np.random.default_rng(seed)
+    chosen = [rng.permutation(np.flatnonzero(labels == c))[:n] for c in range(int(labels.max()) + 1)]
+    keep = np.sort(np.concatenate(chosen))
+    return images[keep], labels[keep]
 
 
 # --- tensorflow-datasets ---------------------------------------------------------------------------------
