@@ -1,0 +1,235 @@
+"""Transfer to unseen classes, measured: pretrain on Fashion-MNIST 0-4, transfer to 5-9 with 10, 100 or all labels.
+
+    python scripts/transfer_demo.py run --root runs/transfer_fashion [--seeds 0 1 2] [--shots 10 100 0]
+    python scripts/transfer_demo.py report --root runs/transfer_fashion --out experiments/results/transfer
+
+`run` trains, for each seed, a backbone on classes 0-4 (<root>/pretrain-seed<s>), then for each number of shots and
+seed the four methods of experiments/transfer_fashion.py one after another (<root>/<method>-<shots>shot-seed<s>,
+starting from that seed's backbone): scratch, frozen, frozen_cached, finetune. frozen and frozen_cached run back to
+back, so their time ratio compares runs made under the same machine load. Every run is an ordinary
+`train_and_evaluate` run; scripts/ablation.py's runner records its wall time, device, commit and load (a finished run
+is skipped, an unfinished one resumes). `report` writes report.md, transfer.png, summary.json and, with
+--copy-records, each run's records to <out>/records/.
+"""
+
+import argparse
+import json
+import shlex
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from resnet_jax.metrics import METRICS_FILE, read_metrics  # noqa: E402
+from resnet_jax.provenance import provenance  # noqa: E402
+from scripts.ablation import STATUS_FILE, fmt, load_experiment, mean_std, read_status, run_cell  # noqa: E402
+
+EXPERIMENT = ROOT / "experiments" / "transfer_fashion.py"
+LABELS = {"scratch": "from scratch", "frozen": "frozen backbone + head", "frozen_cached": "frozen + head, cached features",
+          "finetune": "fine-tune all (backbone 0.1x rate)"}
+
+
+def shots_name(shots: int) -> str:
+    return "all" if shots == 0 else str(shots)
+
+
+def plan(seeds: list[int], shots_list: list[int]) -> list[tuple[str, str, int]]:
+    """(workdir name, config argument, seed) in running order: the backbones first, then shots x seed x method."""
+    runs = [(f"pretrain-seed{s}", "pretrain", s) for s in seeds]
+    experiment = load_experiment(EXPERIMENT)
+    runs += [(f"{m}-{shots_name(n)}shot-seed{s}", f"{m},{n}", s) for n in shots_list for s in seeds for m in experiment.METHODS]
+    return runs
+
+
+def run_config(arg: str, seed: int, root: Path):
+    config = load_experiment(EXPERIMENT).get_config(arg)
+    config.seed = config.data.subset_seed = seed
+    if config.init_from.format:
+        config.init_from.path = str(root / f"pretrain-seed{seed}")
+    return config
+
+
+def run_all(root: Path, seeds: list[int], shots_list: list[int], command: str) -> None:
+    runs = plan(seeds, shots_list)
+    start = time.perf_counter()
+    for i, (name, arg, seed) in enumerate(runs, 1):
+        outcome = run_cell(run_config(arg, seed, root), root / name, command)
+        print(f"[transfer {i}/{len(runs)}] {name}: {outcome}", flush=True)
+    print(f"[transfer] {len(runs)} runs in {time.perf_counter() - start:.0f} s", flush=True)
+
+
+# --- report ---------------------------------------------------------------------------------------------------
+
+
+def load_run(workdir: Path) -> dict | None:
+    """A finished run's records: name parts, final metrics, wall time, steady step throughput; None if unfinished."""
+    status = read_status(workdir)
+    if not status.get("done"):
+        return None
+    events = read_metrics(workdir)
+    config = json.loads((workdir / "config.json").read_text())
+    final = [e for e in events if "test/accuracy" in e][-1]
+    # Steady state: the train logs after the first epoch (which holds the compilation).
+    rates = [e["images_per_sec"] for e in events if "images_per_sec" in e and e["epoch"] > 1]
+    method, shots = (workdir.name.split("-")[0], config["data"]["train_per_class"])
+    return {"name": workdir.name, "method": method, "shots": shots, "seed": config["seed"], "status": status,
+            "test_accuracy": 100 * final["test/accuracy"], "seconds": status["seconds"], "steps": final["step"],
+            "train_images": final["step"] * config["batch_size"],
+            "images_per_sec": statistics.median(rates) if rates else None}
+
+
+def summarize(runs: list[dict]) -> dict:
+    """(method, shots) -> accuracy (mean, std), wall time (mean, std), seeds; plus the cached/uncached pairs."""
+    table = {}
+    for run in runs:
+        table.setdefault((run["method"], run["shots"]), []).append(run)
+    cells = {key: {"accuracy": mean_std([r["test_accuracy"] for r in group]),
+                   "seconds": mean_std([r["seconds"] for r in group]), "seeds": sorted(r["seed"] for r in group)}
+             for key, group in table.items()}
+    by_name = {r["name"]: r for r in runs}
+    pairs = []
+    for run in runs:
+        cached = by_name.get(run["name"].replace("frozen-", "frozen_cached-", 1))
+        if run["method"] == "frozen" and cached:
+            pairs.append({"shots": run["shots"], "seed": run["seed"], "wall_ratio": run["seconds"] / cached["seconds"],
+                          "step_ratio": (cached["images_per_sec"] / run["images_per_sec"]
+                                         if cached["images_per_sec"] and run["images_per_sec"] else None),
+                          "accuracy_difference": cached["test_accuracy"] - run["test_accuracy"]})
+    return {"cells": cells, "pairs": pairs}
+
+
+def plot(runs: list[dict], summary: dict, methods: list[str], shots_list: list[int], path: Path) -> None:
+    """Test accuracy against labels per class (left) and wall time per run (right), mean and spread over seeds."""
+    fig, (acc_ax, time_ax) = plt.subplots(1, 2, figsize=(12, 4.5), constrained_layout=True)
+    positions = range(len(shots_list))
+    width = 0.8 / len(methods)
+    for i, method in enumerate(methods):
+        keys = [(method, n) for n in shots_list if (method, n) in summary["cells"]]
+        x = [shots_list.index(n) for _, n in keys]
+        acc = [summary["cells"][k]["accuracy"] for k in keys]
+        acc_ax.errorbar(x, [m for m, _ in acc], yerr=[s or 0 for _, s in acc], marker="o", capsize=3, label=LABELS[method])
+        secs = [summary["cells"][k]["seconds"] for k in keys]
+        time_ax.bar([p + (i - (len(methods) - 1) / 2) * width for p in x], [m for m, _ in secs], width,
+                    yerr=[s or 0 for _, s in secs], capsize=2, label=LABELS[method])
+    for ax in (acc_ax, time_ax):
+        ax.set_xticks(list(positions), [f"{shots_name(n)} per class" for n in shots_list])
+        ax.set_xlabel("labelled training images of classes 5-9")
+        ax.grid(alpha=0.3)
+    acc_ax.set_ylabel("test accuracy on classes 5-9 (%)")
+    acc_ax.legend()
+    time_ax.set_ylabel("wall time per run (s, loaded shared CPU)")
+    time_ax.set_yscale("log")
+    seeds = sorted({r["seed"] for r in runs})
+    fig.suptitle(f"Fashion-MNIST: backbone pretrained on classes 0-4, transferred to classes 5-9 (mean ± std over seeds {seeds})")
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_report(root: Path, out: Path, command: str, copy_records: bool) -> dict:
+    runs = [r for d in sorted(root.iterdir()) if d.is_dir() and (r := load_run(d))]
+    transfer_runs = [r for r in runs if r["method"] != "pretrain"]
+    if not transfer_runs:
+        raise SystemExit(f"no finished transfer run under {root}")
+    out.mkdir(parents=True, exist_ok=True)
+    experiment = load_experiment(EXPERIMENT)
+    methods = [m for m in experiment.METHODS if any(r["method"] == m for r in transfer_runs)]
+    shots_list = [n for n in experiment.SHOTS if any(r["shots"] == n for r in transfer_runs)]
+    summary = summarize(transfer_runs)
+    plot(transfer_runs, summary, methods, shots_list, out / "transfer.png")
+    report = provenance()
+    statuses = [r["status"] for r in runs]
+    loads = [s["load_average_1m"] for s in statuses]
+    total = sum(s["seconds"] for s in statuses)
+    pretrain = [r for r in runs if r["method"] == "pretrain"]
+
+    lines = ["# Transfer to unseen classes: Fashion-MNIST 0-4 → 5-9", "", "## How it was produced", "",
+             *[f"- Runs: `{c}`" for c in sorted({s["command"] for s in statuses})],
+             f"- Report: `{command}`",
+             f"- Device: {statuses[0]['device']}; host CPU {statuses[0]['cpu']}",
+             f"- Runs finished {min(s['date'] for s in statuses)} to {max(s['date'] for s in statuses)} at commit "
+             f"{', '.join(sorted({s['commit'] for s in statuses}))}; report {report['date']} at {report['commit']}; "
+             f"jax {report['versions']['jax']}, flax {report['versions']['flax']}",
+             f"- **Machine load:** a shared 2-core machine, busy with other work: the 1-minute load average at the end "
+             f"of each run was {min(loads):.1f} to {max(loads):.1f} (median {statistics.median(loads):.1f}). Wall times "
+             "are those of a loaded machine and only comparable within this study; ratios come from runs made back to back.",
+             f"- Wall time: {total:.0f} s ({total / 60:.1f} min) for all {len(runs)} runs ({len(pretrain)} backbones, "
+             f"{len(transfer_runs)} transfer runs), data loading, compilation, evaluation and checkpoints included",
+             "", "Setup (experiments/transfer_fashion.py): " + experiment.__doc__.split("\n\n", 2)[1].replace("\n", " "),
+             ""]
+    if pretrain:
+        acc = mean_std([r["test_accuracy"] for r in pretrain])
+        lines += [f"Backbones (classes 0-4, {pretrain[0]['steps']} steps): test accuracy {fmt(acc)}% on classes 0-4, "
+                  f"{statistics.mean(r['seconds'] for r in pretrain):.0f} s per run.", ""]
+    lines += ["## Results", "",
+              "Test accuracy (%) on the 5,000 test images of classes 5-9 after the last epoch (no model selection), "
+              "and wall time per run (s, whole run), mean ± sample standard deviation over seeds "
+              f"{sorted({r['seed'] for r in transfer_runs})} (the seed also draws the few-shot subset).", "",
+              "| method | " + " | ".join(f"{shots_name(n)}/class: accuracy | time (s)" for n in shots_list) + " |",
+              "| --- | " + " | ".join("---: | ---:" for _ in shots_list) + " |"]
+    for method in methods:
+        row = [f"{fmt(c['accuracy'])} | {fmt(c['seconds'])}" if (c := summary["cells"].get((method, n))) else "— | —"
+               for n in shots_list]
+        lines.append(f"| {LABELS[method]} | " + " | ".join(row) + " |")
+    lines += ["", "![accuracy and wall time](transfer.png)", ""]
+    if summary["pairs"]:
+        lines += ["## Feature caching", "",
+                  "Each frozen run and its cached twin ran back to back (same seed, same steps). Wall-time ratio: whole "
+                  "run, uncached / cached. Step ratio: median training throughput after the first epoch, cached / "
+                  "uncached. Accuracy difference: cached − uncached (the same steps, so ~0 up to float rounding).", "",
+                  "| labels per class | wall-time ratio | step ratio | accuracy difference (points) |",
+                  "| --- | ---: | ---: | ---: |"]
+        for n in shots_list:
+            group = [p for p in summary["pairs"] if p["shots"] == n]
+            if group:
+                steps = [p["step_ratio"] for p in group if p["step_ratio"]]
+                lines.append(f"| {shots_name(n)} | {fmt(mean_std([p['wall_ratio'] for p in group]))}x | "
+                             f"{fmt(mean_std(steps)) + 'x' if steps else '—'} | "
+                             f"{max(abs(p['accuracy_difference']) for p in group):.2f} (largest) |")
+        lines.append("")
+    if copy_records:
+        for run in runs:
+            dest = out / "records" / run["name"]
+            dest.mkdir(parents=True, exist_ok=True)
+            for name in (METRICS_FILE, "config.json", STATUS_FILE):
+                shutil.copy(root / run["name"] / name, dest / name)
+        lines += [f"Each run's metrics.jsonl, config.json and {STATUS_FILE} are in `records/`; "
+                  f"`python scripts/transfer_demo.py report --root {out}/records --out {out}` rebuilds this report from them.", ""]
+    (out / "report.md").write_text("\n".join(lines))
+    flat = {f"{m}/{shots_name(n)}": c for (m, n), c in summary["cells"].items()}
+    result = {"runs": [{k: v for k, v in r.items() if k != "status"} for r in runs], "cells": flat,
+              "pairs": summary["pairs"], "total_seconds": total, "report": report}
+    (out / "summary.json").write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="train the backbones and the transfer runs (skipping finished ones)")
+    run.add_argument("--root", type=Path, required=True)
+    run.add_argument("--seeds", type=int, nargs="+", default=None, help="default: the experiment's SEEDS")
+    run.add_argument("--shots", type=int, nargs="+", default=None, help="labels per class, 0 = all; default: SHOTS")
+    report = commands.add_parser("report", help="write report.md, transfer.png and summary.json")
+    report.add_argument("--root", type=Path, required=True)
+    report.add_argument("--out", type=Path, required=True)
+    report.add_argument("--copy-records", action="store_true", help="copy each run's records to OUT/records")
+    args = parser.parse_args()
+    command = shlex.join(["python", *sys.argv])
+    if args.command == "report":
+        result = write_report(args.root, args.out, command, args.copy_records)
+        print(f"wrote {args.out}/report.md ({len(result['runs'])} runs)")
+        return
+    experiment = load_experiment(EXPERIMENT)
+    run_all(args.root, args.seeds or list(experiment.SEEDS), args.shots or list(experiment.SHOTS), command)
+
+
+if __name__ == "__main__":
+    main()
