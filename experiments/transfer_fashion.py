@@ -11,11 +11,14 @@ the last 1k as validation) for 4 epochs (SGD + Nesterov, cosine). Transfer runs 
 Sneaker, Bag, Ankle boot) with `shots` labelled training images per class (0 = all 6,000), drawn by the run's seed,
 and are tested on the 5,000 test images of those classes (no validation split: few-shot has no labels to spare).
 
-methods (`get_config('<method>,<shots>')`):
-  scratch        random init, everything trains (Adam 1e-3)
-  frozen         the pretrained backbone frozen (BatchNorm on its running statistics), a new head (Adam 1e-2)
+methods (`get_config('<method>,<shots>')`), all with Adam and a cosine decay, batch 10 / 25 / 128 for 10 / 100 /
+all images per class, 10 / 10 / 2 epochs (50 / 200 / 468 steps):
+  scratch        random init, everything trains at 1e-3
+  frozen         the pretrained backbone frozen (BatchNorm on its running statistics), a new linear head at 0.1
   frozen_cached  the same, with the backbone's features computed once (the same steps, far cheaper)
-  finetune       the pretrained backbone at 0.1x the head's rate (Adam 1e-3 head, 1e-4 backbone), everything trains
+  finetune       everything trains from the pretrained backbone: a new head at 1e-2, the backbone at 0.1x that (1e-3)
+The head's rates are set so that the new head fits the training images in these few steps (a pilot run at 1e-2 /
+1e-3 left the head underfitting its 50 training images: 82% training accuracy); nothing was tuned on test data.
 """
 
 from resnet_jax.config import default_config
@@ -23,8 +26,8 @@ from resnet_jax.config import default_config
 METHODS = ("scratch", "frozen", "frozen_cached", "finetune")
 SHOTS = (10, 100, 0)  # labelled training images per class; 0 = all
 SEEDS = (0, 1, 2)
-# shots -> (batch size, epochs): about 100, 200 and 700 steps.
-LENGTH = {10: (10, 20), 100: (50, 20), 0: (128, 3)}
+# shots -> (batch size, epochs): 50, 200 and 468 steps (the loop evaluates and saves after every epoch).
+LENGTH = {10: (10, 10), 100: (25, 10), 0: (128, 2)}
 
 
 def base_config():
@@ -58,7 +61,8 @@ def get_config(arg: str = "pretrain"):
     if method.startswith("frozen"):
         c.transfer.freeze_stages = -1
         c.transfer.cache_features = method == "frozen_cached"
-        c.optimizer.learning_rate = 1e-2
+        c.optimizer.learning_rate = 0.1
     if method == "finetune":
+        c.optimizer.learning_rate = 1e-2
         c.transfer.backbone_lr_scale = 0.1
     return c

@@ -34,7 +34,7 @@ from scripts.ablation import STATUS_FILE, fmt, load_experiment, mean_std, read_s
 
 EXPERIMENT = ROOT / "experiments" / "transfer_fashion.py"
 LABELS = {"scratch": "from scratch", "frozen": "frozen backbone + head", "frozen_cached": "frozen + head, cached features",
-          "finetune": "fine-tune all (backbone 0.1x rate)"}
+          "finetune": "fine-tune all (backbone at 0.1x)"}
 
 
 def shots_name(shots: int) -> str:
@@ -106,6 +106,11 @@ def summarize(runs: list[dict]) -> dict:
     return {"cells": cells, "pairs": pairs}
 
 
+def seconds(stat: tuple[float, float | None]) -> str:
+    mean, std = stat
+    return f"{mean:.0f}" if std is None else f"{mean:.0f} ± {std:.0f}"
+
+
 def plot(runs: list[dict], summary: dict, methods: list[str], shots_list: list[int], path: Path) -> None:
     """Test accuracy against labels per class (left) and wall time per run (right), mean and spread over seeds."""
     fig, (acc_ax, time_ax) = plt.subplots(1, 2, figsize=(12, 4.5), constrained_layout=True)
@@ -162,8 +167,8 @@ def write_report(root: Path, out: Path, command: str, copy_records: bool) -> dic
              "are those of a loaded machine and only comparable within this study; ratios come from runs made back to back.",
              f"- Wall time: {total:.0f} s ({total / 60:.1f} min) for all {len(runs)} runs ({len(pretrain)} backbones, "
              f"{len(transfer_runs)} transfer runs), data loading, compilation, evaluation and checkpoints included",
-             "", "Setup (experiments/transfer_fashion.py): " + experiment.__doc__.split("\n\n", 2)[1].replace("\n", " "),
-             ""]
+             "", "Setup (experiments/transfer_fashion.py): " + experiment.__doc__.split("\n\n")[2].replace("\n", " "), "",
+             "```", experiment.__doc__.split("\n\n")[3].strip(), "```", ""]
     if pretrain:
         acc = mean_std([r["test_accuracy"] for r in pretrain])
         lines += [f"Backbones (classes 0-4, {pretrain[0]['steps']} steps): test accuracy {fmt(acc)}% on classes 0-4, "
@@ -175,7 +180,7 @@ def write_report(root: Path, out: Path, command: str, copy_records: bool) -> dic
               "| method | " + " | ".join(f"{shots_name(n)}/class: accuracy | time (s)" for n in shots_list) + " |",
               "| --- | " + " | ".join("---: | ---:" for _ in shots_list) + " |"]
     for method in methods:
-        row = [f"{fmt(c['accuracy'])} | {fmt(c['seconds'])}" if (c := summary["cells"].get((method, n))) else "— | —"
+        row = [f"{fmt(c['accuracy'])} | {seconds(c['seconds'])}" if (c := summary["cells"].get((method, n))) else "— | —"
                for n in shots_list]
         lines.append(f"| {LABELS[method]} | " + " | ".join(row) + " |")
     lines += ["", "![accuracy and wall time](transfer.png)", ""]
@@ -192,7 +197,7 @@ def write_report(root: Path, out: Path, command: str, copy_records: bool) -> dic
                 steps = [p["step_ratio"] for p in group if p["step_ratio"]]
                 lines.append(f"| {shots_name(n)} | {fmt(mean_std([p['wall_ratio'] for p in group]))}x | "
                              f"{fmt(mean_std(steps)) + 'x' if steps else '—'} | "
-                             f"{max(abs(p['accuracy_difference']) for p in group):.2f} (largest) |")
+                             f"{max(abs(p['accuracy_difference']) for p in group):.2f} at most |")
         lines.append("")
     if copy_records:
         for run in runs:

@@ -125,6 +125,10 @@ def select_classes(splits: dict, class_names: list[str], classes) -> tuple[dict,
     relabel = np.full(len(class_names), -1, np.int32)
     relabel[classes] = np.arange(len(classes))
     kept = {k: (x[relabel[y] >= 0], relabel[y[relabel[y] >= 0]]) for k, (x, y) in splits.items()}
+    empty = [c for c, count in zip(classes, np.bincount(kept["train"][1], minlength=len(classes))) if not count]
+    if empty:
+        raise DataError(f"classes {empty} have no training images here; choose among "
+                        f"{sorted(set(np.unique(splits['train'][1]).tolist()))}")
     return kept, [class_names[c] for c in classes]
 
 
@@ -301,7 +305,8 @@ def _read_idx_dir(config):
     if None in files.values():
         looked = [str(root / f"{p}-{k}-idx{1 if k == 'labels' else 3}-ubyte[.gz]") for p in stems.values()
                   for k in ("images", "labels")]
-        hint = " (install Debian's dataset-fashion-mnist)" if config.name == "fashion_mnist" else ""
+        hint = {"fashion_mnist": " (install Debian's dataset-fashion-mnist)",
+                "mnist": " (download them from https://storage.googleapis.com/cvdf-datasets/mnist/)"}.get(config.name, "")
         raise DataError(f"IDX files for {config.name!r} not found: looked for {', '.join(looked)}. "
                         f"Pass path=DIR with these files{hint}.")
     splits = {}
