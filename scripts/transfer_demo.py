@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from resnet_jax.metrics import METRICS_FILE, read_metrics  # noqa: E402
 from resnet_jax.provenance import provenance  # noqa: E402
-from scripts.ablation import STATUS_FILE, fmt, load_experiment, mean_std, read_status, run_cell  # noqa: E402
+from scripts.ablation import STATUS_FILE, fmt, load_experiment, mean_std, read_status, run_cell, write_status  # noqa: E402
 
 EXPERIMENT = ROOT / "experiments" / "transfer_fashion.py"
 LABELS = {"scratch": "from scratch", "frozen": "frozen backbone + head", "frozen_cached": "frozen + head, cached features",
@@ -61,7 +61,10 @@ def run_all(root: Path, seeds: list[int], shots_list: list[int], command: str) -
     runs = plan(seeds, shots_list)
     start = time.perf_counter()
     for i, (name, arg, seed) in enumerate(runs, 1):
+        done, cpu = read_status(root / name).get("done"), time.process_time()
         outcome = run_cell(run_config(arg, seed, root), root / name, command)
+        if not done:  # CPU time of this process (all its threads): far less sensitive to the machine's load than wall time
+            write_status(root / name, read_status(root / name) | {"cpu_seconds": time.process_time() - cpu})
         print(f"[transfer {i}/{len(runs)}] {name}: {outcome}", flush=True)
     print(f"[transfer] {len(runs)} runs in {time.perf_counter() - start:.0f} s", flush=True)
 
@@ -81,7 +84,8 @@ def load_run(workdir: Path) -> dict | None:
     rates = [e["images_per_sec"] for e in events if "images_per_sec" in e and e["epoch"] > 1]
     method, shots = (workdir.name.split("-")[0], config["data"]["train_per_class"])
     return {"name": workdir.name, "method": method, "shots": shots, "seed": config["seed"], "status": status,
-            "test_accuracy": 100 * final["test/accuracy"], "seconds": status["seconds"], "steps": final["step"],
+            "test_accuracy": 100 * final["test/accuracy"], "seconds": status["seconds"],
+            "cpu_seconds": status.get("cpu_seconds"), "steps": final["step"],
             "train_images": final["step"] * config["batch_size"],
             "images_per_sec": statistics.median(rates) if rates else None}
 
@@ -92,7 +96,9 @@ def summarize(runs: list[dict]) -> dict:
     for run in runs:
         table.setdefault((run["method"], run["shots"]), []).append(run)
     cells = {key: {"accuracy": mean_std([r["test_accuracy"] for r in group]),
-                   "seconds": mean_std([r["seconds"] for r in group]), "seeds": sorted(r["seed"] for r in group)}
+                   "seconds": mean_std([r["seconds"] for r in group]),
+                   "cpu_seconds": mean_std([r["cpu_seconds"] for r in group]) if all(r["cpu_seconds"] for r in group) else None,
+                   "seeds": sorted(r["seed"] for r in group)}
              for key, group in table.items()}
     by_name = {r["name"]: r for r in runs}
     pairs = []
@@ -100,19 +106,23 @@ def summarize(runs: list[dict]) -> dict:
         cached = by_name.get(run["name"].replace("frozen-", "frozen_cached-", 1))
         if run["method"] == "frozen" and cached:
             pairs.append({"shots": run["shots"], "seed": run["seed"], "wall_ratio": run["seconds"] / cached["seconds"],
+                          "cpu_ratio": (run["cpu_seconds"] / cached["cpu_seconds"]
+                                        if run["cpu_seconds"] and cached["cpu_seconds"] else None),
                           "step_ratio": (cached["images_per_sec"] / run["images_per_sec"]
                                          if cached["images_per_sec"] and run["images_per_sec"] else None),
                           "accuracy_difference": cached["test_accuracy"] - run["test_accuracy"]})
     return {"cells": cells, "pairs": pairs}
 
 
-def seconds(stat: tuple[float, float | None]) -> str:
+def seconds(stat: tuple[float, float | None] | None) -> str:
+    if stat is None:
+        return "—"
     mean, std = stat
     return f"{mean:.0f}" if std is None else f"{mean:.0f} ± {std:.0f}"
 
 
 def plot(runs: list[dict], summary: dict, methods: list[str], shots_list: list[int], path: Path) -> None:
-    """Test accuracy against labels per class (left) and wall time per run (right), mean and spread over seeds."""
+    """Test accuracy against labels per class (left) and CPU time per run (right), mean and spread over seeds."""
     fig, (acc_ax, time_ax) = plt.subplots(1, 2, figsize=(12, 4.5), constrained_layout=True)
     positions = range(len(shots_list))
     width = 0.8 / len(methods)
@@ -121,7 +131,7 @@ def plot(runs: list[dict], summary: dict, methods: list[str], shots_list: list[i
         x = [shots_list.index(n) for _, n in keys]
         acc = [summary["cells"][k]["accuracy"] for k in keys]
         acc_ax.errorbar(x, [m for m, _ in acc], yerr=[s or 0 for _, s in acc], marker="o", capsize=3, label=LABELS[method])
-        secs = [summary["cells"][k]["seconds"] for k in keys]
+        secs = [summary["cells"][k]["cpu_seconds"] or summary["cells"][k]["seconds"] for k in keys]
         time_ax.bar([p + (i - (len(methods) - 1) / 2) * width for p in x], [m for m, _ in secs], width,
                     yerr=[s or 0 for _, s in secs], capsize=2, label=LABELS[method])
     for ax in (acc_ax, time_ax):
@@ -130,7 +140,7 @@ def plot(runs: list[dict], summary: dict, methods: list[str], shots_list: list[i
         ax.grid(alpha=0.3)
     acc_ax.set_ylabel("test accuracy on classes 5-9 (%)")
     acc_ax.legend()
-    time_ax.set_ylabel("wall time per run (s, loaded shared CPU)")
+    time_ax.set_ylabel("CPU time per run (s, the process's threads)")
     time_ax.set_yscale("log")
     seeds = sorted({r["seed"] for r in runs})
     fig.suptitle(f"Fashion-MNIST: backbone pretrained on classes 0-4, transferred to classes 5-9 (mean ± std over seeds {seeds})")
@@ -153,6 +163,7 @@ def write_report(root: Path, out: Path, command: str, copy_records: bool) -> dic
     statuses = [r["status"] for r in runs]
     loads = [s["load_average_1m"] for s in statuses]
     total = sum(s["seconds"] for s in statuses)
+    cpu_total = sum(s.get("cpu_seconds", 0.0) for s in statuses)
     pretrain = [r for r in runs if r["method"] == "pretrain"]
 
     lines = ["# Transfer to unseen classes: Fashion-MNIST 0-4 → 5-9", "", "## How it was produced", "",
@@ -166,37 +177,44 @@ def write_report(root: Path, out: Path, command: str, copy_records: bool) -> dic
              f"of each run was {min(loads):.1f} to {max(loads):.1f} (median {statistics.median(loads):.1f}). Wall times "
              "are those of a loaded machine and only comparable within this study; ratios come from runs made back to back.",
              f"- Wall time: {total:.0f} s ({total / 60:.1f} min) for all {len(runs)} runs ({len(pretrain)} backbones, "
-             f"{len(transfer_runs)} transfer runs), data loading, compilation, evaluation and checkpoints included",
+             f"{len(transfer_runs)} transfer runs), data loading, compilation, evaluation and checkpoints included; "
+             f"CPU time {cpu_total:.0f} s ({cpu_total / 60:.1f} min) over the runs that recorded it "
+             f"({sum('cpu_seconds' in s for s in statuses)} of {len(statuses)})",
              "", "Setup (experiments/transfer_fashion.py): " + experiment.__doc__.split("\n\n")[2].replace("\n", " "), "",
              "```", experiment.__doc__.split("\n\n")[3].strip(), "```", ""]
     if pretrain:
         acc = mean_std([r["test_accuracy"] for r in pretrain])
         lines += [f"Backbones (classes 0-4, {pretrain[0]['steps']} steps): test accuracy {fmt(acc)}% on classes 0-4, "
                   f"{statistics.mean(r['seconds'] for r in pretrain):.0f} s per run.", ""]
+    seeds = sorted({r["seed"] for r in transfer_runs})
+    header = "| method | " + " | ".join(f"{shots_name(n)} per class" for n in shots_list) + " |"
+    rule = "| --- | " + " | ".join("---:" for _ in shots_list) + " |"
+
+    def table(cell_text) -> list[str]:
+        return [header, rule] + [f"| {LABELS[m]} | " + " | ".join(
+            cell_text(c) if (c := summary["cells"].get((m, n))) else "—" for n in shots_list) + " |" for m in methods]
+
     lines += ["## Results", "",
               "Test accuracy (%) on the 5,000 test images of classes 5-9 after the last epoch (no model selection), "
-              "and wall time per run (s, whole run), mean ± sample standard deviation over seeds "
-              f"{sorted({r['seed'] for r in transfer_runs})} (the seed also draws the few-shot subset).", "",
-              "| method | " + " | ".join(f"{shots_name(n)}/class: accuracy | time (s)" for n in shots_list) + " |",
-              "| --- | " + " | ".join("---: | ---:" for _ in shots_list) + " |"]
-    for method in methods:
-        row = [f"{fmt(c['accuracy'])} | {seconds(c['seconds'])}" if (c := summary["cells"].get((method, n))) else "— | —"
-               for n in shots_list]
-        lines.append(f"| {LABELS[method]} | " + " | ".join(row) + " |")
-    lines += ["", "![accuracy and wall time](transfer.png)", ""]
+              f"mean ± sample standard deviation over seeds {seeds} (the seed also draws the few-shot subset):", "",
+              *table(lambda c: fmt(c["accuracy"])), "",
+              "Time per run, whole run (data, compilation, training, an evaluation and a checkpoint after each epoch): "
+              "wall seconds on the loaded machine / CPU seconds of the process (all threads; far less sensitive to "
+              "the load than wall time), mean ± std over the seeds:", "",
+              *table(lambda c: f"{seconds(c['seconds'])} / {seconds(c['cpu_seconds'])}")]
+    lines += ["", "![accuracy and CPU time](transfer.png)", ""]
     if summary["pairs"]:
         lines += ["## Feature caching", "",
-                  "Each frozen run and its cached twin ran back to back (same seed, same steps). Wall-time ratio: whole "
-                  "run, uncached / cached. Step ratio: median training throughput after the first epoch, cached / "
-                  "uncached. Accuracy difference: cached − uncached (the same steps, so ~0 up to float rounding).", "",
-                  "| labels per class | wall-time ratio | step ratio | accuracy difference (points) |",
-                  "| --- | ---: | ---: | ---: |"]
+                  "Each frozen run and its cached twin ran back to back (same seed, same steps). Wall and CPU ratios: "
+                  "whole run, uncached / cached. Step ratio: median training throughput (wall) after the first epoch, "
+                  "cached / uncached. Accuracy difference: cached − uncached (the same steps: 0 up to float rounding).",
+                  "", "| labels per class | wall-time ratio | CPU-time ratio | step ratio | accuracy difference (points) |",
+                  "| --- | ---: | ---: | ---: | ---: |"]
         for n in shots_list:
             group = [p for p in summary["pairs"] if p["shots"] == n]
             if group:
-                steps = [p["step_ratio"] for p in group if p["step_ratio"]]
-                lines.append(f"| {shots_name(n)} | {fmt(mean_std([p['wall_ratio'] for p in group]))}x | "
-                             f"{fmt(mean_std(steps)) + 'x' if steps else '—'} | "
+                ratio = lambda key: fmt(mean_std(v)) + "x" if (v := [p[key] for p in group if p[key]]) else "—"
+                lines.append(f"| {shots_name(n)} | {ratio('wall_ratio')} | {ratio('cpu_ratio')} | {ratio('step_ratio')} | "
                              f"{max(abs(p['accuracy_difference']) for p in group):.2f} at most |")
         lines.append("")
     if copy_records:
