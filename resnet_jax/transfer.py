@@ -241,15 +241,15 @@ class FeaturePipeline:
         self._pipeline = pipeline
         replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
 
-        @jax.jit
-        def features(variables, images):
-            _, out = model.apply(variables, images, train=False, mutable=["features"])
-            return out["features"]["backbone"][0]
+        @partial(jax.jit, out_shardings=replicated)  # each batch's features on every device, as the images were
+        def features(variables, batch):
+            _, out = model.apply(variables, batch["image"], train=False, mutable=["features"])
+            return out["features"]["backbone"][0], batch["label"]
 
         self._arrays = {}
         for split, n in self.split_sizes.items():
-            batches = [(features(variables, b["image"]), b["label"]) for b in pipeline.eval_batches(split)]
-            stack = jax.jit(lambda xs, n=n: jnp.concatenate(xs)[:n], out_shardings=replicated)
+            batches = [features(variables, batch) for batch in pipeline.eval_batches(split)]
+            stack = jax.jit(lambda xs, n=n: jnp.concatenate(xs)[:n], out_shardings=replicated)  # padding dropped
             self._arrays[split] = stack([x for x, _ in batches]), stack([y for _, y in batches])
         self.image_shape = tuple(self._arrays["train"][0].shape[1:])
         self._train_batch = jax.jit(self._train_batch_fn, out_shardings=sharded)
