@@ -158,10 +158,40 @@ class Checkpoints:
             raise CheckpointError("its arrays do not match the digest saved with them")
         return state, info
 
+    def step(self, which: str) -> int | None:
+        """The newest ('latest') or best evaluated ('best') step; None if there is none."""
+        if which == "latest":
+            return self.manager.latest_step()
+        ranked = self._ranked()
+        return ranked[0] if ranked else None
+
+    def restore_variables(self, abstract_variables: dict, which: str = "best") -> dict | None:
+        """Only the model variables ({'params', 'batch_stats'}, or the part of them `abstract_variables` names) of the
+        `which` checkpoint, as host arrays, whatever optimizer wrote it: the start of a transfer run. (The digest covers
+        the whole state, so this partial read is not verified.)"""
+        step = self.step(which)
+        if step is None:
+            return None
+        args = ocp.args.PyTreeRestore(abstract_variables, ocp.checkpoint_utils.construct_restore_args(abstract_variables),
+                                      partial_restore=True)
+        return ocp.PyTreeCheckpointer().restore(self.manager.directory / str(step) / "state", args=args)
+
     def close(self) -> None:
         """Wait for a save in flight, then release the manager."""
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def saved_best_metric(workdir: str | Path) -> str:
+    """The metric a run's checkpoints were ranked by (from orbax's metrics files); 'val/accuracy' if none was evaluated."""
+    for path in sorted((Path(workdir) / "checkpoints").glob("*/metrics/metrics")):
+        try:
+            names = set(json.loads(path.read_text())) - {"step"}
+        except (ValueError, OSError):
+            continue
+        if names:
+            return names.pop()
+    return "val/accuracy"
 
 
 def _move_aside(folder: Path, steps: list[int]) -> None:

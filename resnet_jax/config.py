@@ -15,7 +15,7 @@ import ml_collections
 import optax
 
 from resnet_jax import data as data_lib
-from resnet_jax import divergence, models, optim
+from resnet_jax import divergence, models, optim, transfer
 from resnet_jax.losses import EVAL_METRICS
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -43,8 +43,13 @@ def default_config() -> ml_collections.ConfigDict:
             bn_momentum=0.0,
             bn_epsilon=0.0,
             dtype="float32",  # compute dtype: 'float32' | 'bfloat16'; params and BN statistics stay float32
+            head_pooling="avg",  # 'avg' (global average pooling) | 'flatten' (the transfer seeds' Flatten)
+            head_hidden=(),  # widths of hidden Dense+ReLU layers before the classifier; the seeds' head: (1000,)
+            head_dropout=0.0,  # dropout before each Dense of the head (the 003 seed: 0.7)
         )
     )
+    c.init_from = transfer.init_from_config()  # start from one of our runs or an ImageNet weights file
+    c.transfer = transfer.transfer_config()  # what trains: frozen stages, backbone rate, feature caching
     c.data = data_lib.default_config()
     c.optimizer = optim.optimizer_config()
     c.schedule = optim.schedule_config()
@@ -72,7 +77,8 @@ def model_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
         options["widths"] = tuple(config.widths)
     if config.dtype not in DTYPES:
         raise ConfigError(f"unknown model.dtype {config.dtype!r}; choose one of {', '.join(DTYPES)}")
-    return dict(options, zero_init_residual=config.zero_init_residual, dtype=DTYPES[config.dtype])
+    return dict(options, zero_init_residual=config.zero_init_residual, dtype=DTYPES[config.dtype],
+                head_pooling=config.head_pooling, head_hidden=tuple(config.head_hidden), head_dropout=config.head_dropout)
 
 
 def validate(config: ml_collections.ConfigDict) -> None:

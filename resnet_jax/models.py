@@ -11,6 +11,10 @@ shortcut parameter) and gives the plain network of the same layers, for ablation
 Padding is explicit and symmetric by default, as in torchvision and Keras applications; any input size works.
 The layout options (inner widths, conv biases, TF 'same' padding, where a stage strides, ...) express the other
 frameworks' ResNets exactly, so their weights (`resnet_jax.pretrained`) reproduce their outputs.
+
+For transfer learning the head is configurable (pooling, hidden layers, dropout: `Head`), the first K stages
+(stem = stage 0) can run BatchNorm on their running statistics even in training (`frozen_bn_stages`, Keras'
+trainable=False), and the backbone's output is sown as features/backbone for feature caching.
 """
 
 import re
@@ -19,6 +23,7 @@ from functools import partial
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 from jax import lax
 
@@ -199,6 +204,48 @@ def stem_max_pool(x: jnp.ndarray, padding: str, pool_padding: str) -> jnp.ndarra
     return nn.max_pool(x, (3, 3), strides=(2, 2), padding=pads)
 
 
+class Head(nn.Module):
+    """The classifier on the pooled backbone features: [dropout, Dense(width), act] per hidden width, dropout, Dense.
+
+    Its layers are named `head_hidden<i>` and `head`; inside a ResNet they sit at the top level of its params
+    (the default head, no hidden layer and no dropout, is the single Dense `head` of torchvision and the papers).
+    """
+
+    num_classes: int
+    hidden: Sequence[int] = ()
+    dropout: float = 0.0
+    act: Callable = nn.relu
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+    kernel_init: Callable = nn.initializers.lecun_normal()  # the last Dense's (Keras seed: he_normal)
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        dense = partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype)
+        for i, width in enumerate(self.hidden):
+            x = self.act(dense(width, name=f"head_hidden{i + 1}")(self._dropout(x, train)))
+        return dense(self.num_classes, kernel_init=self.kernel_init, name="head")(self._dropout(x, train))
+
+    def _dropout(self, x, train: bool):
+        """Inverted dropout (nn.Dropout's), its mask drawn with x's sharding so that it works on an Explicit mesh."""
+        if not (train and self.dropout):
+            return x
+        keep = 1.0 - self.dropout
+        mask = jax.random.bernoulli(self.make_rng("dropout"), keep, x.shape, out_sharding=jax.typeof(x).sharding)
+        return jnp.where(mask, x / keep, jnp.zeros_like(x))
+
+
+def is_head(layer: str) -> bool:
+    """Whether a top-level layer of a ResNet's params belongs to its head (`head`, `head_hidden<i>`)."""
+    return layer == "head" or layer.startswith("head_")
+
+
+def head_of(model: "ResNet") -> Head:
+    """The Head module of `model`: applied to the sown features with the model's params, it gives its logits."""
+    return Head(model.num_classes, tuple(model.head_hidden), model.head_dropout, model.act, model.dtype,
+                model.param_dtype, model.head_init)
+
+
 class ResNet(nn.Module):
     """A residual (or, with residual=False, plain) network.
 
@@ -208,6 +255,9 @@ class ResNet(nn.Module):
 
     The layout options after `act` default to torchvision's layout; other frameworks' ResNets set them (the zoo's
     wide_resnet*, keras_* names): see each field's comment.
+    Head: head_pooling 'avg' (global average, the default) or 'flatten' (the seeds' Flatten), then `Head`.
+    frozen_bn_stages: the first K stages (stem = stage 0, then stage1...; -1 = all, final_norm included) run
+    BatchNorm on their running statistics and leave them unchanged, also when train=True.
     """
 
     stage_sizes: Sequence[int]
@@ -236,6 +286,10 @@ class ResNet(nn.Module):
     preact_stem_norm: bool = False  # v2: BN-ReLU after the stem conv, the first block's pre-activation (Keras seed)
     kernel_init: Callable = conv_init  # convs
     head_init: Callable = nn.initializers.lecun_normal()  # the classifier's kernel
+    head_pooling: str = "avg"  # 'avg' | 'flatten'
+    head_hidden: Sequence[int] = ()
+    head_dropout: float = 0.0
+    frozen_bn_stages: int = 0
 
     def __post_init__(self):
         check_choice("block", self.block, ("basic", "bottleneck"))
@@ -259,6 +313,13 @@ class ResNet(nn.Module):
             raise ValueError("zero_init_residual needs a BN at the end of each block: use version 'v1' or 'v1.5'")
         if self.version != "v2" and (self.preact_stem_norm or self.projection_from != "preact"):
             raise ValueError("preact_stem_norm and projection_from are options of pre-activation nets: use version 'v2'")
+        check_choice("head_pooling", self.head_pooling, ("avg", "flatten"))
+        if not 0 <= self.head_dropout < 1:
+            raise ValueError(f"head_dropout is a drop probability in [0, 1); got {self.head_dropout}")
+        stages = len(self.stage_sizes) + 1
+        if not -1 <= self.frozen_bn_stages <= stages:
+            raise ValueError(f"frozen_bn_stages={self.frozen_bn_stages}: this network has {stages} stages (stem = stage 0); "
+                             f"use 0..{stages}, or -1 for all")
         super().__post_init__()
 
     def block_strides(self, stage: int, index: int) -> int:
@@ -291,15 +352,21 @@ class ResNet(nn.Module):
             dtype=self.dtype,
             param_dtype=self.param_dtype,
         )
-        # Statistics are reduced in float32 whatever the compute dtype (Flax's default).
-        norm = partial(
-            nn.BatchNorm,
-            use_running_average=not train,
-            momentum=self.bn_momentum,
-            epsilon=self.bn_epsilon,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-        )
+        last_stage = len(self.stage_sizes)
+        frozen = last_stage + 1 if self.frozen_bn_stages == -1 else self.frozen_bn_stages
+
+        def norm_of(stage: int):
+            # Statistics are reduced in float32 whatever the compute dtype (Flax's default).
+            return partial(
+                nn.BatchNorm,
+                use_running_average=not train or stage < frozen,
+                momentum=self.bn_momentum,
+                epsilon=self.bn_epsilon,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+            )
+
+        norm = norm_of(0)
         preact = self.version == "v2"
         stem_norm = not preact or self.preact_stem_norm
         x = jnp.asarray(x, self.dtype)
@@ -316,7 +383,7 @@ class ResNet(nn.Module):
                 x = block_cls(
                     filters,
                     conv=conv,
-                    norm=norm,
+                    norm=norm_of(i + 1),
                     act=self.act,
                     strides=self.block_strides(i, j),
                     shortcut=self.shortcut,
@@ -325,11 +392,14 @@ class ResNet(nn.Module):
                     **self.block_options(i, j),
                 )(x)
         if preact:
-            x = self.act(norm(name="final_norm")(x))
-        x = jnp.mean(x, axis=(1, 2))
-        head = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=self.head_init, name="head")
+            x = self.act(norm_of(last_stage)(name="final_norm")(x))
+        x = jnp.mean(x, axis=(1, 2)) if self.head_pooling == "avg" else x.reshape(x.shape[0], -1)
+        if not self.is_initializing():  # init returns {'params', 'batch_stats'} only
+            self.sow("features", "backbone", x)  # the backbone's output, for feature caching (mutable=['features'])
+        head = head_of(self)
+        nn.share_scope(self, head)  # the head's layers are top-level layers of this model
         # Logits in at least float32 (bfloat16 compute) and float64 when the model computes in float64.
-        return jnp.asarray(head(x), jnp.promote_types(self.dtype, jnp.float32))
+        return jnp.asarray(head(x, train), jnp.promote_types(self.dtype, jnp.float32))
 
 
 def check_choice(what: str, value: Any, choices: Sequence[Any]) -> None:

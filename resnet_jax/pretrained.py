@@ -34,7 +34,7 @@ import numpy as np
 from flax import traverse_util
 
 from resnet_jax import models
-from resnet_jax.models import ResNet
+from resnet_jax.models import ResNet, is_head
 
 FORMATS = ("torchvision", "timm", "keras", "auto")
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors")
@@ -124,7 +124,10 @@ def download(name: str, fmt: str = "torchvision", cache_dir: str | Path | None =
 # ---- Model layouts ---------------------------------------------------------------------------------
 
 # Fields that do not change which weights a network has or what it computes with them in eval mode.
-FREE_FIELDS = {"num_classes", "dtype", "param_dtype", "bn_momentum", "zero_init_residual", "kernel_init", "head_init"}
+# Fields a file's tensors say nothing of: training behaviour, initialisers, and the head a transfer run puts on the
+# backbone (its shapes are checked where the head is loaded, keep_head=True).
+FREE_FIELDS = {"num_classes", "dtype", "param_dtype", "bn_momentum", "zero_init_residual", "kernel_init", "head_init",
+               "head_pooling", "head_hidden", "head_dropout", "frozen_bn_stages"}
 
 
 def layout(fields: Mapping[str, Any]) -> dict[str, Any]:
@@ -469,7 +472,8 @@ def from_tensors(
     """`load_pretrained` for tensors already in memory: a torch state dict as numpy arrays (fmt 'torchvision' or
     'timm') or Keras {'layer/weight': array} (fmt 'keras')."""
     tensors = {k: np.asarray(v) for k, v in tensors.items()}
-    expected = abstract_variables(model)
+    # The hidden layers of a transfer head (head_hidden<i>) are in no published file: they always start afresh.
+    expected = {p: v for p, v in abstract_variables(model).items() if p[1] == "head" or not is_head(p[1])}
     # In the order the model creates them (conv before its BN, params before statistics), for readable messages.
     paths = sorted(expected, key=lambda p: (creation_order(p[1:-1]), keras_kind(p[-2]) != "conv2d", p[0] != "params", p[-1]))
     match = match_file(tensors, fmt, model, paths, source)

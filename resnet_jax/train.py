@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from resnet_jax import config as config_lib
 from resnet_jax import data as data_lib
-from resnet_jax import divergence, optim, preemption
+from resnet_jax import divergence, optim, preemption, transfer
 from resnet_jax.checkpoints import CheckpointError, Checkpoints
 from resnet_jax.diagnostics import diagnostics_fn, update_ratio_metrics
 from resnet_jax.losses import EVAL_METRICS, cross_entropy, higher_is_better, top_k_correct
@@ -56,16 +56,19 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int) -> ResNet:
     return create_model(config.name, num_classes, **config_lib.model_options(config))
 
 
-def train_step(state: TrainState, batch: dict, model: ResNet, tx: optax.GradientTransformation, label_smoothing: float = 0.0):
+def train_step(state: TrainState, batch: dict, model: ResNet, tx: optax.GradientTransformation, label_smoothing: float = 0.0,
+               seed: int = 0):
     """One optimizer step on a global batch; returns the new state and the batch's mean metrics.
 
     A step whose loss, gradients or new parameters are not finite is not applied (divergence.guard): the state stays
-    as it was but for its step counter, and metrics['nonfinite'] is 1.
+    as it was but for its step counter, and metrics['nonfinite'] is 1. `seed` and the step draw the dropout mask.
     """
+    dropout_key = jax.random.fold_in(jax.random.key(seed), state.step)
 
     def loss_fn(params):
         variables = {"params": params, "batch_stats": state.batch_stats}
-        logits, updates = model.apply(variables, batch["image"], train=True, mutable=["batch_stats"])
+        logits, updates = model.apply(variables, batch["image"], train=True, mutable=["batch_stats"],
+                                      rngs={"dropout": dropout_key})
         return cross_entropy(logits, batch["label"], label_smoothing).mean(), (logits, updates["batch_stats"])
 
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -124,7 +127,7 @@ def setup(config: ml_collections.ConfigDict) -> Run:
             f"model.num_classes={config.model.num_classes} but {config.data.name} has {pipeline.num_classes} classes; "
             "set model.num_classes=0 to take it from the data"
         )
-    model = build_model(config.model, pipeline.num_classes)
+    model = transfer.configure(config, build_model(config.model, pipeline.num_classes), pipeline)
     steps_per_epoch = pipeline.steps_per_epoch
     total_steps = config.num_steps or config.num_epochs * steps_per_epoch
     eval_splits = [s for s in ("val", "test") if s in pipeline.split_sizes]
@@ -141,7 +144,7 @@ def setup(config: ml_collections.ConfigDict) -> Run:
                 f"{', '.join(f'{s}/{n}' for s in eval_splits for n in EVAL_METRICS)}{hint}"
             )
     schedule = optim.make_schedule(config.schedule, config.optimizer.learning_rate, steps_per_epoch, total_steps)
-    tx = optim.make_optimizer(config.optimizer, schedule)
+    tx = transfer.make_optimizer(config, schedule, model)
     plateau_tx = optim.make_plateau(config.plateau, config.optimizer.learning_rate)
     return Run(config, mesh, pipeline, model, schedule, tx, plateau_tx, total_steps, best_metric)
 
@@ -165,11 +168,12 @@ def init_state(model: ResNet, tx: optax.GradientTransformation, plateau_tx: opta
     return jax.jit(init, out_shardings=NamedSharding(mesh, P()))()
 
 
-def compile_steps(model: ResNet, tx: optax.GradientTransformation, mesh: jax.sharding.Mesh, label_smoothing: float = 0.0):
+def compile_steps(model: ResNet, tx: optax.GradientTransformation, mesh: jax.sharding.Mesh, label_smoothing: float = 0.0,
+                  seed: int = 0):
     """train_step and eval_step jitted for the mesh: state replicated, batch sharded along 'data', state donated."""
     replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
     train = jax.jit(
-        partial(train_step, model=model, tx=tx, label_smoothing=label_smoothing),
+        partial(train_step, model=model, tx=tx, label_smoothing=label_smoothing, seed=seed),
         in_shardings=(replicated, sharded),
         out_shardings=(replicated, replicated),
         donate_argnums=0,
@@ -227,7 +231,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, o
     preemption.Preempted after checkpointing on a signal, divergence.NonFiniteError on a non-finite step.
     """
     workdir = Path(workdir)
+    transfer.check_init_from(config.init_from)  # before any data is read: the weights to start from are there
     run = setup(config)
+    start = transfer.load_init_from(config.init_from, run.model, run.pipeline.image_shape) if config.init_from.format else None
     lead = jax.process_index() == 0
     changed = check_workdir(workdir, config, overwrite)
     pipeline, spe = run.pipeline, run.pipeline.steps_per_epoch
@@ -247,9 +253,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, o
             return info["record"]
         print(f"resuming from step {int(state.step)} (epoch {int(state.step) / spe:.2f}) in {workdir}"
               + (f" with changed {', '.join(changed)}" if changed else ""))
+    elif start:
+        state = transfer.start_from(state, start, run.tx)
+        print(f"starting from the {config.init_from.format} weights in {config.init_from.path}")
     if lead:
         save_config(workdir, config)
-    train_fn, eval_fn = compile_steps(run.model, run.tx, run.mesh, config.label_smoothing)
+    step_model = run.model
+    if config.transfer.cache_features:  # the head alone, on features of the frozen backbone computed once here
+        step_model, pipeline = transfer.cache_features(run.model, state, pipeline, run.mesh)
+    train_fn, eval_fn = compile_steps(step_model, run.tx, run.mesh, config.label_smoothing, config.seed)
     writer = MetricWriter(workdir, resume_step=int(state.step)) if lead else None
     diagnose = diagnostics_fn(run.model) if config.diagnostics_every_steps else None
     meter = TrainMeter(info.get("train_totals"))

@@ -23,6 +23,7 @@ Our forwards run eagerly: each op compiles once per shape and dtype and is reuse
 
 import re
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -83,13 +84,16 @@ def our_logits(name: str, tensors, fmt: str, sizes, num_classes: int = 1000, loa
 
 
 def assert_parity(label: str, ours: dict, reference: dict) -> None:
-    """float64: 1e-9 relative; float32: at most 4x the reference's own float32 error (both against its float64)."""
+    """float64: 1e-9 relative (the layout is exact); float32: within 16 float32 epsilons of the largest logit, or 4x
+    the reference's own float32 error if that is larger (torch's own float32 error is rounding noise, 1-7 epsilons,
+    and varies run to run with its thread count)."""
+    eps32 = float(np.finfo(np.float32).eps)
     for size in sorted({s for s, _ in reference}, reverse=True):
         r64 = reference[size, "float64"]
         e64, e32, ref32 = rel(ours[size, "float64"], r64), rel(ours[size, "float32"], r64), rel(reference[size, "float32"], r64)
         print(f"parity {label} {size}x{size}: float64 {e64:.1e}; float32 ours {e32:.1e}, reference {ref32:.1e}")
         assert e64 < 1e-9, (label, size, e64)
-        assert e32 <= 4 * ref32, (label, size, e32, ref32)
+        assert e32 <= max(4 * ref32, 16 * eps32), (label, size, e32, ref32)
 
 
 # ---- torchvision and timm ---------------------------------------------------------------------------
@@ -239,6 +243,16 @@ def test_head_class_count_mismatch_says_keep_head_false(resnet18_state):
     _, state = resnet18_state
     with pytest.raises(PretrainedWeightsError, match="the file's head has 1000 classes, the model 10: pass keep_head=False"):
         from_tensors(state, "torchvision", create_model("resnet18", 10), keep_head=True)
+
+
+def test_a_transfer_head_starts_afresh_on_a_loaded_backbone(resnet18_state):
+    """The seeds' head (hidden Dense layers, dropout, flatten) is in no file: the backbone loads, no head layer does."""
+    _, state = resnet18_state
+    model = create_model("resnet18", 10, head_pooling="flatten", head_hidden=(64,), head_dropout=0.5)
+    loaded = from_tensors(state, "torchvision", model)
+    plain = from_tensors(state, "torchvision", create_model("resnet18", 10))
+    assert not [layer for layer in loaded["params"] if layer.startswith("head")]
+    chex.assert_trees_all_equal(loaded, plain)
 
 
 @pytest.mark.parametrize(

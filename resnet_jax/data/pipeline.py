@@ -161,9 +161,13 @@ class _InMemoryPipeline(Pipeline):
         idx = self._shard(start + jnp.arange(self.eval_batch_size))
         return self._per_device(local, P(), P(), P("data"))(images, labels, idx)
 
+    def train_order(self, epoch: int) -> jax.Array:
+        """The order in which `epoch` visits the training examples: step s takes entries s*B to (s+1)*B."""
+        return self._permutation(epoch)
+
     def train_batches(self, epoch: int, start_step: int = 0) -> Iterator[dict[str, jax.Array]]:
         images, labels = self._arrays["train"]
-        perm = self._permutation(epoch)
+        perm = self.train_order(epoch)
         for step in range(start_step, self.steps_per_epoch):
             yield self._train_batch(images, labels, perm, epoch, step)
 
@@ -256,5 +260,8 @@ def make_pipeline(config: ml_collections.ConfigDict, batch_size: int, mesh: jax.
         source = open_tfds(config)
         n = sum(source.num_examples(s) for s in ("train", source.test_split) if s)
         if config.in_memory is False or n * math.prod(source.image_shape) > IN_MEMORY_LIMIT:
+            if config.classes or config.train_per_class:
+                raise ValueError(f"classes / train_per_class select examples in memory, but {config.name} is streamed: "
+                                 "set in_memory=True if the kept examples fit")
             return _StreamedPipeline(source, config, batch_size, mesh, seed)
     return _InMemoryPipeline(dataset or load_dataset(config), config, batch_size, mesh, seed)

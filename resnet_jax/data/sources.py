@@ -89,6 +89,9 @@ def default_config() -> ml_collections.ConfigDict:
         "in_memory": config_dict.FieldReference("auto", field_type=object),  # 'auto' | True | False
         "eval_batch_size": 0,       # 0 = the train batch size
         "train_subset": 0,          # 0 = all; else the first N training images
+        "classes": (),              # () = all; else keep these labels only, relabelled 0..k-1 in this order
+        "train_per_class": 0,       # 0 = all; else at most N training images per class (few-shot), drawn by subset_seed
+        "subset_seed": 0,           # the draw of train_per_class; a larger N with the same seed keeps the smaller draw
     })
 
 
@@ -123,11 +126,16 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             raise ValueError(f"unknown data.{key} {config[key]!r}; choose one of {', '.join(allowed)}")
     if not (config.in_memory == "auto" or isinstance(config.in_memory, bool)):
         raise ValueError(f"unknown data.in_memory {config.in_memory!r}; choose one of 'auto', True, False")
-    for key in ("num_classes", "val_size", "train_subset", "image_size", "eval_batch_size"):
+    for key in ("num_classes", "val_size", "train_subset", "image_size", "eval_batch_size", "train_per_class",
+                "subset_seed"):
         value = config[key]
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"data.{key}={value!r} must be a whole number >= 0 (0 keeps the default: see "
                              "resnet_jax.data.default_config)")
+    classes = config.classes
+    if not isinstance(classes, (tuple, list)) or any(isinstance(c, bool) or not isinstance(c, int) or c < 0 for c in classes) \
+            or len(set(classes)) != len(classes):
+        raise ValueError(f"data.classes={classes!r} must be distinct labels >= 0 (e.g. (5, 6, 7)), or () for all")
     if config.channels not in (0, 1, 3) or isinstance(config.channels, bool):
         raise ValueError(f"data.channels={config.channels!r} must be 0 (keep), 1 or 3 (RGB)")
     if not isinstance(config.pad_to_32, bool):
@@ -188,9 +196,13 @@ def load_dataset(config: ml_collections.ConfigDict) -> Dataset:
     check_num_classes(config, class_names, origin)
     if "val" in splits and config.val_size:
         raise DataError(f"{origin} already has a val split; set val_size=0 or remove it")
+    if config.classes:
+        splits, class_names = select_classes(splits, class_names, config.classes)
     ranges = split_ranges(len(splits["train"][1]), config.val_size, config.train_subset)
     x, y = splits.pop("train")
     splits = {k: (x[a:b], y[a:b]) for k, (a, b) in ranges.items()} | splits
+    if config.train_per_class:
+        splits["train"] = per_class_subset(*splits["train"], config.train_per_class, config.subset_seed)
     for k, (_, y) in splits.items():
         if not len(y):
             raise DataError(f"the {k} split of {origin} holds no images")
@@ -229,6 +241,37 @@ def split_ranges(n: int, val_size: int, train_subset: int) -> dict[str, tuple[in
     if val_size:
         ranges["val"] = (n - val_size, n)
     return ranges
+
+
+def select_classes(splits: dict, class_names: list[str], classes) -> tuple[dict, list[str]]:
+    """Only the examples of `classes` (label values), relabelled 0..k-1 in the order given; their names kept."""
+    classes = list(classes)
+    bad = [c for c in classes if not (isinstance(c, int) and 0 <= c < len(class_names))]
+    if bad or len(set(classes)) != len(classes):
+        raise DataError(f"classes={tuple(classes)} must be distinct labels in [0, {len(class_names)}) "
+                        f"({', '.join(f'{i}: {n}' for i, n in enumerate(class_names))})")
+    relabel = np.full(len(class_names), -1, np.int32)
+    relabel[classes] = np.arange(len(classes))
+    kept = {k: (x[relabel[y] >= 0], relabel[y[relabel[y] >= 0]]) for k, (x, y) in splits.items()}
+    empty = [c for c, count in zip(classes, np.bincount(kept["train"][1], minlength=len(classes))) if not count]
+    if empty:
+        raise DataError(f"classes {empty} have no training images here; choose among "
+                        f"{sorted(set(np.unique(splits['train'][1]).tolist()))}")
+    return kept, [class_names[c] for c in classes]
+
+
+def per_class_subset(images: np.ndarray, labels: np.ndarray, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """At most `n` images of each class, drawn at random by `seed` and kept in their stored order.
+
+    Each class's draw is a prefix of one permutation per class, so with the same seed the 10-shot subset is inside
+    the 100-shot one.
+    """
+    if n < 0:
+        raise DataError(f"train_per_class={n} must be >= 0 (0 = all)")
+    rng = np.random.default_rng(seed)
+    chosen = [rng.permutation(np.flatnonzero(labels == c))[:n] for c in range(int(labels.max()) + 1)]
+    keep = np.sort(np.concatenate(chosen))
+    return images[keep], labels[keep]
 
 
 # --- tensorflow-datasets (imported here only: local files need neither tfds nor TensorFlow) ------------------
@@ -441,7 +484,8 @@ def _read_idx_dir(config):
     if None in files.values():
         looked = [str(root / f"{p}-{k}-idx{1 if k == 'labels' else 3}-ubyte[.gz]") for p in stems.values()
                   for k in ("images", "labels")]
-        hint = " (install Debian's dataset-fashion-mnist)" if config.name == "fashion_mnist" else ""
+        hint = {"fashion_mnist": " (install Debian's dataset-fashion-mnist)",
+                "mnist": " (download them from https://storage.googleapis.com/cvdf-datasets/mnist/)"}.get(config.name, "")
         raise DataError(f"IDX files for {config.name!r} not found: looked for {', '.join(looked)}. "
                         f"Pass path=DIR with these files{hint}.")
     class_names = CLASS_NAMES.get(config.name) or [str(i) for i in range(config.num_classes)]
