@@ -98,12 +98,13 @@ class TrainMeter:
         self.window = []
         bad = [s for s, m in zip(steps, values) if m["nonfinite"]]
         good = [{k: float(v) for k, v in m.items() if k != "nonfinite"} for m in values if not m["nonfinite"]]
-        sums = self.totals["sums"]
+        # New dicts, never updated in place: a checkpoint being written asynchronously holds the previous ones.
+        sums = dict(self.totals["sums"])
         for m in good:
             for k, v in m.items():
                 sums[k] = sums.get(k, 0.0) + v
-        self.totals["steps"] += len(good)
-        self.totals["nonfinite"] += len(bad)
+        self.totals = {"steps": self.totals["steps"] + len(good), "nonfinite": self.totals["nonfinite"] + len(bad),
+                       "sums": sums}
         means = {k: float(np.mean([m[k] for m in good])) for k in good[0]} if good else {}
         return means, bad
 
