@@ -1,0 +1,105 @@
+"""How the training loop runs its steps: K per compiled call over in-memory data, else one per prefetched batch.
+
+A small model's step can take less time on an accelerator than the host takes to dispatch it and its batch gather.
+Over in-memory data each call is one jitted `lax.scan` over `steps_per_call` K steps, each gathering, augmenting and
+normalising its own batch from the device-resident arrays and applying the train step: one dispatch for K steps, and
+the same batches, states and metrics bit for bit whatever K (K=1 runs the same scan one step per call). A call never
+crosses a sync point (a log, evaluation, checkpoint or diagnostics step, the epoch's end): where one is nearer than K
+steps, the steps up to it run one per call (`call_length`), so intervals, logs and mid-epoch resume are those of K=1
+and at most two programs compile (lengths K and 1; a static length lets XLA run the loop without asking the host
+whether to go on). A preemption signal stops the run after the current call.
+
+Streamed data runs one train_step per batch, PREFETCH batches in flight (`prefetch`): their host reads, transfers to
+the mesh and on-device transforms are under way while the step before them runs.
+"""
+
+import collections
+import itertools
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+PREFETCH = 2  # streamed batches prepared ahead of the one the step is given
+
+
+def check(steps_per_call: int, pipeline: Any) -> None:
+    """Raise ValueError if steps_per_call > 1 but `pipeline` cannot gather its own batches inside a compiled loop
+    (only the in-memory pipeline can: it has train_inputs and train_batch_fn)."""
+    if steps_per_call > 1 and not fusable(pipeline):
+        raise ValueError(f"steps_per_call={steps_per_call} runs several steps over images held in memory, but the "
+                         f"data is {pipeline.origin}: set steps_per_call=1 (streamed batches are prefetched instead), "
+                         "or data.in_memory=True if the dataset fits")
+
+
+def fusable(pipeline: Any) -> bool:
+    """Whether a compiled loop can gather `pipeline`'s train batches itself (the in-memory pipeline's can)."""
+    return hasattr(pipeline, "train_inputs") and hasattr(pipeline, "train_batch_fn")
+
+
+def call_length(step: int, steps_per_call: int, stops_after: Callable[[int], bool]) -> int:
+    """How many steps the call starting after `step` runs: steps_per_call, or 1 if a step s with stops_after(s)
+    (where the loop must read the device or run a step of its own) comes before the call would end."""
+    return 1 if any(stops_after(step + n) for n in range(1, steps_per_call)) else steps_per_call
+
+
+def prefetch(batches: Iterator, size: int = PREFETCH) -> Iterator:
+    """The items of `batches` in order, `size` of them requested ahead of the one yielded.
+
+    The pipelines' batches are global arrays already on the mesh (placed with its NamedSharding); requesting them
+    early puts their reading, transfer and transforms in flight while the device runs the step before.
+    """
+    queue = collections.deque(itertools.islice(batches, size))
+    while queue:
+        queue.extend(itertools.islice(batches, 1))
+        yield queue.popleft()
+
+
+def fused_steps(train_fn: Callable, batch_fn: Callable, mesh: jax.sharding.Mesh) -> Callable:
+    """jit of (state, inputs, first, length) -> (the state after train_fn on batch_fn(*inputs, step) for steps first,
+    ..., first + length - 1; their metrics stacked on a leading axis). `length` is static; the state is donated."""
+
+    def run(state, inputs, first, length):
+        return jax.lax.scan(lambda state, step: train_fn(state, batch_fn(*inputs, step)), state,
+                            first + jnp.arange(length))
+
+    return jax.jit(run, static_argnums=3, out_shardings=NamedSharding(mesh, P()), donate_argnums=0)
+
+
+class Steps:
+    """A run's training steps over its pipeline, epoch by epoch: `start_epoch(e, start)`, then `run(state, n)` runs the
+    next n steps; `batch()` is the next step's batch, for diagnostics measured before that step runs."""
+
+    def __init__(self, train_fn: Callable, pipeline: Any, steps_per_call: int, mesh: jax.sharding.Mesh):
+        check(steps_per_call, pipeline)
+        self._train_fn, self._pipeline = train_fn, pipeline
+        self._fused = fused_steps(train_fn, pipeline.train_batch_fn, mesh) if fusable(pipeline) else None
+
+    def start_epoch(self, epoch: int, start: int) -> None:
+        """Run `epoch`'s steps from step `start` (counted within the epoch) on."""
+        self._epoch, self._position, self._next = epoch, start, None
+        if self._fused:
+            self._inputs = self._pipeline.train_inputs(epoch)
+        else:
+            self._batches = prefetch(self._pipeline.train_batches(epoch, start_step=start))
+
+    def batch(self) -> dict[str, jax.Array]:
+        """The batch of the next step (which the next `run` trains on)."""
+        if self._fused:
+            return next(self._pipeline.train_batches(self._epoch, start_step=self._position))
+        self._next = self._next or next(self._batches)
+        return self._next
+
+    def run(self, state: Any, n: int) -> tuple[Any, dict]:
+        """(state after the next n steps, their metrics: stacked on a leading axis of n in one call over in-memory
+        data, else the one step's); n is 1 or steps_per_call, as call_length says."""
+        if not self._fused:
+            assert n == 1, n
+            batch, self._next = self.batch(), None
+            return self._train_fn(state, batch)
+        state, metrics = self._fused(state, self._inputs, self._position, n)
+        self._position += n
+        return state, metrics
