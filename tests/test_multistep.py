@@ -1,16 +1,18 @@
 """K steps per compiled call give the run of one step per call; streamed batches are prefetched in order."""
 
+import itertools
 import types
 
 import chex
 import numpy as np
 import pytest
+from jax._src.array import ArrayImpl
 
 from resnet_jax import multistep
 from resnet_jax.checkpoints import Checkpoints
 from resnet_jax.config import ConfigError, default_config
 from resnet_jax.metrics import read_metrics
-from resnet_jax.train import init_state, setup, train_and_evaluate
+from resnet_jax.train import compile_steps, init_state, setup, train_and_evaluate
 
 
 def config_for(idx_dir, **overrides):
@@ -44,42 +46,79 @@ class Interrupted(Exception):
     pass
 
 
-def test_eight_steps_per_call_equal_one_step_per_call_also_resumed_mid_epoch(tmp_path, learnable_idx_dir, monkeypatch):
-    one = train_and_evaluate(config_for(learnable_idx_dir, steps_per_call=1), tmp_path / "k1")
-    eight_config = config_for(learnable_idx_dir, steps_per_call=8)
-    lengths = []
-    original_run = multistep.Steps.run
-    with monkeypatch.context() as m:
-        m.setattr(multistep.Steps, "run", lambda self, state, n: (lengths.append(n), original_run(self, state, n))[1])
-        eight = train_and_evaluate(eight_config, tmp_path / "k8")
-    # 8 steps a call where no sync point intervenes (steps 17-24), else one (a diagnosed step is one too).
-    assert lengths == [1] * 16 + [8], lengths
+@pytest.fixture
+def device_reads(monkeypatch):
+    """A list whose length counts the values fetched from the device: float(x), int(x), jax.device_get(x), ...
 
-    original_save = Checkpoints.save
+    Every such read goes through jax.Array's `_value` (a private hook of JAX's ArrayImpl; np.asarray of a CPU array
+    takes the buffer protocol instead and is not seen)."""
+    reads = []
+    value = ArrayImpl._value
+    monkeypatch.setattr(ArrayImpl, "_value", property(lambda self: (reads.append(1), value.fget(self))[1]))
+    return reads
+
+
+def test_eight_steps_per_call_equal_one_step_per_call_also_resumed_mid_epoch(tmp_path, learnable_idx_dir, monkeypatch,
+                                                                            device_reads):
+    calls = []  # (steps in the call, device reads so far)
+    original_run, original_save = multistep.Steps.run, Checkpoints.save
+    monkeypatch.setattr(multistep.Steps, "run",
+                        lambda self, state, n: (calls.append((n, len(device_reads))), original_run(self, state, n))[1])
+    one = train_and_evaluate(config_for(learnable_idx_dir, steps_per_call=1), tmp_path / "k1")
+    # The loop reads the device only at its sync points (steps 8, 12, 16) and after a diagnosed step (0, 12): between
+    # two calls with no such step in between, nothing was read.
+    assert [n for n, _ in calls] == [1] * 24
+    read_after = {step for step, ((_, before), (_, after)) in enumerate(zip(calls, calls[1:]), 1) if after > before}
+    assert read_after == {1, 8, 12, 13, 16}, read_after
+    calls.clear()
 
     def save_then_die(self, state, info, value=None):
         original_save(self, state, info, value)
         self.close()
         raise Interrupted
 
+    eight_config = config_for(learnable_idx_dir, steps_per_call=8)
     with monkeypatch.context() as m:
         m.setattr(Checkpoints, "save", save_then_die)
         with pytest.raises(Interrupted):
-            train_and_evaluate(eight_config, tmp_path / "k8-resumed")  # stops after the checkpoint of step 12
-    assert Checkpoints(tmp_path / "k8-resumed").latest_step() == 12
-    resumed = train_and_evaluate(eight_config, tmp_path / "k8-resumed")
+            train_and_evaluate(eight_config, tmp_path / "k8")  # stops after the checkpoint of step 12
+    assert Checkpoints(tmp_path / "k8").latest_step() == 12
+    eight = train_and_evaluate(eight_config, tmp_path / "k8")
+    # 8 steps a call where no sync point intervenes (steps 17-24), else one (a diagnosed step is one too).
+    assert [n for n, _ in calls] == [1] * 16 + [8], calls
 
-    assert one == eight == resumed  # the last evaluation, the epoch's train means
+    assert one == eight  # the last evaluation, the epoch's train means (the first epoch's carried over step 12)
     reference = records(tmp_path / "k1")
     assert [e["step"] for e in reference if "train/loss" in e] == [8, 12, 16, 24]
     assert [e["step"] for e in reference if any(k.startswith("diag/") for k in e)] == [0, 12]
     assert records(tmp_path / "k8") == reference
-    assert records(tmp_path / "k8-resumed") == reference
-    final = {name: final_state(eight_config, tmp_path / name) for name in ("k1", "k8", "k8-resumed")}
+    final = {name: final_state(eight_config, tmp_path / name) for name in ("k1", "k8")}
     assert int(final["k1"].step) == 24
     chex.assert_trees_all_equal(final["k1"], final["k8"])
-    chex.assert_trees_all_equal(final["k1"], final["k8-resumed"])
     assert one["test/accuracy"] > 0.9  # it learned (two classes, chance 0.5)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(learnable_idx_dir):
+    return setup(config_for(learnable_idx_dir))
+
+
+def test_a_call_trains_on_the_pipelines_batches_in_order(tiny_run):
+    """K steps in one call are the steps on train_batches(epoch, start) (up to rounding: XLA compiles the gather
+    into the step's program there)."""
+    run = tiny_run
+    fresh = lambda: init_state(run.model, run.tx, run.plateau_tx, run.pipeline.image_shape, 0, run.mesh)  # noqa: E731
+    train_fn, _ = compile_steps(run.model, run.tx, run.mesh)
+    state, losses = fresh(), []
+    for batch in itertools.islice(run.pipeline.train_batches(1, start_step=3), 4):
+        state, metrics = train_fn(state, batch)
+        losses.append(float(metrics["loss"]))
+    steps = multistep.Steps(train_fn, run.pipeline, 4, run.mesh)
+    steps.start_epoch(1, 3)
+    fused, metrics = steps.run(fresh(), 4)
+    np.testing.assert_allclose(metrics["loss"], losses, rtol=1e-5)
+    chex.assert_trees_all_close(fused.params, state.params, rtol=1e-4, atol=1e-6)
+    assert int(fused.step) == 4
 
 
 def test_call_length_ends_a_call_at_the_first_stop():
@@ -89,9 +128,8 @@ def test_call_length_ends_a_call_at_the_first_stop():
     assert multistep.call_length(5, 1, stops) == 1
 
 
-def test_prefetch_yields_the_same_batches_in_order_with_two_in_flight(learnable_idx_dir):
-    config = config_for(learnable_idx_dir)
-    pipeline = setup(config).pipeline
+def test_prefetch_yields_the_same_batches_in_order_with_two_in_flight(tiny_run):
+    pipeline = tiny_run.pipeline
     requested = []
 
     def batches():
