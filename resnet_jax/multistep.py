@@ -5,9 +5,10 @@ Over in-memory data each call is one jitted `lax.scan` over `steps_per_call` K s
 normalising its own batch from the device-resident arrays and applying the train step: one dispatch for K steps, and
 the same batches, states and metrics bit for bit whatever K (K=1 runs the same scan one step per call). A call never
 crosses a sync point (a log, evaluation, checkpoint or diagnostics step, the epoch's end): where one is nearer than K
-steps, the steps up to it run one per call (`call_length`), so intervals, logs and mid-epoch resume are those of K=1
-and at most two programs compile (lengths K and 1; a static length lets XLA run the loop without asking the host
-whether to go on). A preemption signal stops the run after the current call.
+steps, the call is shortened to the largest power of two that reaches no further (`call_length`), so intervals, logs
+and mid-epoch resume are those of K=1. Lengths are static (XLA then runs the loop without asking the host whether to
+go on), so each length used compiles once: K and at most log2(K) shorter ones, fewer when K divides the intervals.
+A preemption signal stops the run after the current call.
 
 Streamed data runs one train_step per batch, PREFETCH batches in flight (`prefetch`): their host reads, transfers to
 the mesh and on-device transforms are under way while the step before them runs.
@@ -41,9 +42,10 @@ def fusable(pipeline: Any) -> bool:
 
 
 def call_length(step: int, steps_per_call: int, stops_after: Callable[[int], bool]) -> int:
-    """How many steps the call starting after `step` runs: steps_per_call, or 1 if a step s with stops_after(s)
-    (where the loop must read the device or run a step of its own) comes before the call would end."""
-    return 1 if any(stops_after(step + n) for n in range(1, steps_per_call)) else steps_per_call
+    """How many steps the call starting after `step` runs: steps_per_call, or if a step s with stops_after(s) (where
+    the loop must read the device or run a step of its own) comes sooner, the largest power of two <= s - step."""
+    reach = next((n for n in range(1, steps_per_call) if stops_after(step + n)), steps_per_call)
+    return reach if reach == steps_per_call else 1 << (reach.bit_length() - 1)
 
 
 def prefetch(batches: Iterator, size: int = PREFETCH) -> Iterator:
@@ -95,7 +97,7 @@ class Steps:
 
     def run(self, state: Any, n: int) -> tuple[Any, dict]:
         """(state after the next n steps, their metrics: stacked on a leading axis of n in one call over in-memory
-        data, else the one step's); n is 1 or steps_per_call, as call_length says."""
+        data, else the one step's); n as call_length says (1 for streamed data)."""
         if not self._fused:
             assert n == 1, n
             batch, self._next = self.batch(), None

@@ -301,7 +301,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, o
                         state, metrics, diag = step_with_diagnostics(lambda s: steps.run(s, 1), diagnose, state, batch)
                         if lead:
                             writer.write(step, step / spe, jax.device_get(diag))
-                    else:  # steps_per_call steps in one call, or one if a sync point comes sooner
+                    else:  # steps_per_call steps in one call, fewer if a sync point comes sooner
                         n = multistep.call_length(step, config.steps_per_call, stops_after)
                         state, metrics = steps.run(state, n)
                     step, window = step + n, window + n

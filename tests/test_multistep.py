@@ -84,8 +84,9 @@ def test_eight_steps_per_call_equal_one_step_per_call_also_resumed_mid_epoch(tmp
             train_and_evaluate(eight_config, tmp_path / "k8")  # stops after the checkpoint of step 12
     assert Checkpoints(tmp_path / "k8").latest_step() == 12
     eight = train_and_evaluate(eight_config, tmp_path / "k8")
-    # 8 steps a call where no sync point intervenes (steps 17-24), else one (a diagnosed step is one too).
-    assert [n for n, _ in calls] == [1] * 16 + [8], calls
+    # 8 steps a call where no sync point intervenes (steps 17-24), else the longest power of two before the next
+    # one (a diagnosed step runs alone).
+    assert [n for n, _ in calls] == [1, 4, 2, 1, 4] + [1, 2, 1, 8], calls
 
     assert one == eight  # the last evaluation, the epoch's train means (the first epoch's carried over step 12)
     reference = records(tmp_path / "k1")
@@ -122,9 +123,9 @@ def test_a_call_trains_on_the_pipelines_batches_in_order(tiny_run):
 
 
 def test_call_length_ends_a_call_at_the_first_stop():
-    stops = {3, 10, 11, 19}.__contains__
-    assert [multistep.call_length(s, 8, stops) for s in (0, 2, 3, 9, 10, 11)] == [1, 1, 1, 1, 1, 8]
-    assert [multistep.call_length(s, 4, stops) for s in (3, 6, 7, 15)] == [4, 4, 1, 4]
+    stops = {3, 10, 11, 19, 30}.__contains__
+    assert [multistep.call_length(s, 8, stops) for s in (0, 2, 3, 9, 10, 11, 22, 23)] == [2, 1, 4, 1, 1, 8, 8, 4]
+    assert [multistep.call_length(s, 6, stops) for s in (5, 4, 24)] == [4, 6, 6]
     assert multistep.call_length(5, 1, stops) == 1
 
 
