@@ -497,13 +497,13 @@ def test_bad_image_folders_are_named(tmp_path, damage, message):
         load_dataset(config(name="signs", source="folder", path=str(tmp_path)))
 
 
-def write_tfds_metadata(root, name, num_examples):
+def write_tfds_metadata(root, name, num_examples, splits=("train", "test")):
     """The metadata tfds.testing.mock_data needs to know the splits (MockPolicy.USE_FILES)."""
     import tensorflow_datasets as tfds
 
     builder = tfds.builder(name, data_dir=str(root))
     builder.info.set_splits(tfds.core.SplitDict(
-        [tfds.core.SplitInfo(name=s, shard_lengths=[num_examples], num_bytes=0) for s in ("train", "test")]))
+        [tfds.core.SplitInfo(name=s, shard_lengths=[num_examples], num_bytes=0) for s in splits]))
     os.makedirs(builder.data_dir)
     builder.info.write_to_directory(builder.data_dir)
 

@@ -140,8 +140,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     if config.pad_to_32 and config.image_size > 32:
         raise ValueError(f"data.pad_to_32 zero-pads images up to 32x32, but data.image_size={config.image_size} "
                          "makes them larger: use one of the two")
-    if isinstance(config.eval_crop, bool) or not isinstance(config.eval_crop, (int, float)) or not (
-            0 < config.eval_crop <= 1):
+    if not isinstance(config.eval_crop, (int, float)) or not 0 < config.eval_crop <= 1:
         raise ValueError(f"data.eval_crop={config.eval_crop!r} must be a fraction in (0, 1]: the share of the shorter "
                          "side kept by the centred evaluation crop (ImageNet: 0.875 = 224/256; 1 = all of it)")
     if config.in_memory is False and config.source not in STREAMED_SOURCES:
