@@ -47,7 +47,8 @@ from resnet_jax import optim
 from resnet_jax.models import model_spec
 from resnet_jax.provenance import device_slug, provenance
 from resnet_jax.summary import count_params
-from resnet_jax.train import DTYPES, create_train_state, train_step
+from resnet_jax.config import DTYPES
+from resnet_jax.train import create_train_state, train_step
 
 if TYPE_CHECKING:  # torch is imported where used, so that the JAX half of this file runs without it
     import torch

@@ -233,13 +233,12 @@ def test_missing_files_say_where_they_were_looked_for(tmp_path):
 
 
 def test_unknown_tfds_dataset():
-    pytest.importorskip("tensorflow_datasets")
     with pytest.raises(DataError, match="unknown dataset 'no_such_dataset'.*catalog"):
         load_dataset(config(name="no_such_dataset", source="tfds"))
 
 
 def test_tfds_not_prepared_offline_is_a_clear_error(tmp_path, monkeypatch):
-    tfds = pytest.importorskip("tensorflow_datasets")
+    import tensorflow_datasets as tfds
 
     def offline(*args, **kwargs):
         raise ConnectionError("no network")
@@ -429,7 +428,7 @@ def test_image_folder(tmp_path):
 
 def test_image_folder_reads_as_tfds_image_folder_does(tmp_path):
     """Same classes, same example order (sorted, then shuffled with the split's name as seed), same pixels."""
-    tfds = pytest.importorskip("tensorflow_datasets")
+    import tensorflow_datasets as tfds
     splits = (("train", {"b": 4, "a": 5, "c": 3}), ("val", {"a": 2, "b": 2}), ("test", {"c": 2, "a": 1}))
     write_folder(tmp_path, (4, 3, 3), splits)
     ours = load_dataset(config(name="letters", source="folder", path=str(tmp_path)))
@@ -443,7 +442,7 @@ def test_image_folder_reads_as_tfds_image_folder_does(tmp_path):
 
 def test_resize_is_within_one_grey_level_of_tf_image(tmp_path):
     """Local files are resized with PIL, streamed tfds data with tf.image: the two agree to one level."""
-    tf = pytest.importorskip("tensorflow")
+    import tensorflow as tf
     for shape, size in (((28, 28, 1), 32), ((32, 32, 3), 24), ((75, 100, 3), 32), ((40, 60, 3), 64)):
         image = RNG.integers(0, 256, shape, dtype=np.uint8)
         ours, theirs = sources.resize_image(image, size), sources.resize(tf.constant(image), size).numpy()
@@ -509,7 +508,7 @@ def write_tfds_metadata(root, name, num_examples, splits=("train", "test")):
 
 
 def test_tfds_in_memory_and_streamed_under_mock_data(tmp_path):
-    tfds = pytest.importorskip("tensorflow_datasets")
+    import tensorflow_datasets as tfds
     n = 24
     write_tfds_metadata(tmp_path, "fashion_mnist", n)
     with tfds.testing.mock_data(num_examples=n, policy=tfds.testing.MockPolicy.USE_FILES, data_dir=str(tmp_path)):

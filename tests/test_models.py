@@ -228,3 +228,55 @@ def test_summary_cli_prints_parameter_count(capsys):
     out = capsys.readouterr().out
     assert "trainable parameters: 269,722" in out
     assert "multiply-adds" in out
+
+
+@pytest.mark.parametrize(
+    "name, num_classes, trainable, total",
+    [
+        # torchvision's num_params, Keras' model.summary() (total includes BN moving statistics), the Keras seed's.
+        ("wide_resnet50_2", 1000, 68_883_240, None),
+        ("wide_resnet101_2", 1000, 126_886_696, None),
+        ("keras_resnet50", 1000, 25_583_592, 25_636_712),
+        ("keras_resnet101", 1000, 44_601_832, 44_707_176),
+        ("keras_resnet152", 1000, 60_268_520, 60_419_944),
+        ("keras_resnet50v2", 1000, 25_568_360, 25_613_800),
+        ("keras_resnet101v2", 1000, 44_577_896, 44_675_560),
+        ("keras_resnet152v2", 1000, 60_236_904, 60_380_648),
+        ("keras_cifar_resnet20_v1", 10, 273_066, 274_442),
+        ("keras_cifar_resnet29_v2", 10, 843_786, 849_002),
+    ],
+)
+def test_other_frameworks_layouts_match_their_parameter_counts(name, num_classes, trainable, total):
+    variables = abstract_variables(name, num_classes, (1, 64, 64, 3))
+    assert count_params(variables["params"]) == trainable
+    if total:
+        assert count_params(variables) == total
+
+
+@pytest.mark.parametrize(
+    "name, kw, message",
+    [
+        ("resnet18", {"inner_widths": (64, 128, 256, 512)}, "inner_widths"),
+        ("resnet50", {"inner_widths": (64, 128)}, "one width per stage"),
+        ("resnet50", {"projection_from": "input"}, "pre-activation"),
+        ("resnet50", {"padding": "valid"}, "unknown padding"),
+        ("resnet50", {"conv_bias": "some"}, "unknown conv_bias"),
+        ("keras_cifar_resnet21_v1", {}, "6n+2"),
+        ("keras_cifar_resnet21_v2", {}, "9n+2"),
+    ],
+)
+def test_bad_layout_options_fail_with_a_clear_message(name, kw, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        create_model(name, 10, **kw)
+
+
+def test_keras_seed_networks_initialise_like_keras_he_normal():
+    # Keras' he_normal: a normal truncated at 2 standard deviations, variance 2 / fan_in, for convs and the classifier.
+    # One width throughout (fewer kernel shapes to compile initialisers for).
+    model = create_model("keras_cifar_resnet8_v1", 10, widths=(64, 64, 64))
+    params = model.init(jax.random.key(0), jnp.ones((1, 8, 8, 3)))["params"]
+    kernel = np.asarray(params["stage3_block1"]["Conv_1"]["kernel"])  # fan_in = fan_out = 3 * 3 * 64
+    std = np.sqrt(2 / 576)
+    assert abs(kernel.std() / std - 1) < 0.03 and np.abs(kernel).max() <= 2 * std / 0.87962566103423978
+    head = np.asarray(params["head"]["kernel"])  # fan_in 64: std 0.177 (lecun_normal, the zoo default: 0.125)
+    assert abs(head.std() / np.sqrt(2 / 64) - 1) < 0.1
