@@ -7,7 +7,8 @@ in 1 Hour" (arXiv:1706.02677): 76.3% top-1 reported, the same from batch 256 to 
         --config.data.manual_dir=/data/imagenet-tars  # tfds imagenet2012 (TensorFlow); its validation split is 'test'
 
 1 GPU, 8 GPUs or several hosts (--distributed) differ only in --config.batch_size=N (global): the learning rate
-follows it, 0.1 x N / 256 (the linear scaling rule), and the warm-up starts from 0.1 whatever N.
+follows it, 0.1 x N / 256 (the linear scaling rule), the warm-up starts from 0.1 whatever N, and checkpoints come
+every quarter epoch (320k images) whatever N.
 
 Recipe (Goyal et al. Sections 2-5): 90 epochs; SGD, momentum 0.9 (not Nesterov); lr 0.1 x N/256, reached by a
 linear warm-up from 0.1 over the first 5 epochs, divided by 10 at epochs 30, 60 and 80; weight decay 1e-4 on conv
@@ -68,4 +69,7 @@ def get_config(source: str = "folder") -> ml_collections.ConfigDict:
     c.schedule.warmup_lr = 0.1
     c.schedule.warmup_linear = True
     c.log_every_steps = 100
+    # Checkpoints every quarter epoch of images whatever the batch (1,251 steps of 256): a preemption loses at most
+    # that; evaluation stays at epoch ends.
+    c.checkpoint_every_steps = ml_collections.FieldReference(TRAIN_IMAGES // 4) // c.get_ref("batch_size")
     return c

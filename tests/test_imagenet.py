@@ -273,6 +273,7 @@ def test_goyal_schedule_warms_up_linearly_and_steps_at_30_60_80():
     c = get_config()
     c.batch_size = 1024  # the rate follows the batch: 0.1 x 1024 / 256
     assert c.optimizer.learning_rate == pytest.approx(0.4)
+    assert c.checkpoint_every_steps == 1_281_167 // 4 // 1024  # a quarter epoch of images
     lr = optim.make_schedule(c.schedule, c.optimizer.learning_rate, steps_per_epoch=100, total_steps=9000)
     expected = {0: 0.1, 250: 0.25, 499: 0.1 + 0.3 * 499 / 500, 500: 0.4, 2999: 0.4, 3000: 0.04, 5999: 0.04,
                 6000: 0.004, 8000: 0.0004, 8999: 0.0004}
@@ -293,21 +294,53 @@ def test_cosine_recipe_scales_with_the_batch_and_decays_to_zero():
     assert float(lr(899)) < 1e-3
 
 
-def test_imagenet_recipe_trains_end_to_end_on_a_tiny_folder(imagenet_folder, tmp_path):
-    """The Goyal recipe, its model shrunk, through the streamed folder path: crops, flips, eval crop, checkpoints."""
+class SimulatedPreemption(Exception):
+    pass
+
+
+def test_imagenet_recipe_trains_on_a_tiny_folder_and_a_mid_epoch_resume_ends_where_it_would_have(
+        imagenet_folder, tmp_path, monkeypatch):
+    """The Goyal recipe, its model shrunk, through the whole streamed folder path (crops, flips, eval crop,
+    checkpoints); a run stopped right after a mid-epoch checkpoint and resumed ends bit for bit as one that was not."""
+    import chex
+
     from experiments.imagenet_goyal import get_config
-    from resnet_jax.train import train_and_evaluate
+    from resnet_jax.checkpoints import Checkpoints
+    from resnet_jax.train import init_state, setup, train_and_evaluate
 
     c = get_config()
     c.model.update(name="resnet8", widths=(4, 8, 16), dtype="float32")
     c.data.update(path=str(imagenet_folder), image_size=16, workers=2)
-    c.batch_size = 4
+    c.batch_size = 4  # 3 steps per epoch, 2 epochs; checkpoints at steps 2, 4 and 6 (2 is mid-epoch)
     c.num_epochs = 2
+    c.checkpoint_every_steps = 2
     c.log_every_steps = 2
     c.schedule.update(warmup=1, boundaries=(1.5,), scales=(0.1,))
-    record = train_and_evaluate(c, tmp_path)
-    assert set(record) >= {"train_epoch/loss", "val/loss", "val/accuracy", "val/top5"}
-    assert np.isfinite(record["val/loss"]) and record["val/top5"] == 1.0  # 3 classes: top-5 holds all of them
-    saved = json.loads((tmp_path / "config.json").read_text())
+    full = train_and_evaluate(c, tmp_path / "full")
+    assert set(full) >= {"train_epoch/loss", "val/loss", "val/accuracy", "val/top5"}
+    assert np.isfinite(full["val/loss"]) and full["val/top5"] == 1.0  # 3 classes: top-5 holds all of them
+    saved = json.loads((tmp_path / "full" / "config.json").read_text())
     assert saved["data"]["augment"] == "inception_crop_flip"
     assert saved["optimizer"]["learning_rate"] == pytest.approx(0.1 * 4 / 256)  # the rate followed the batch
+
+    save = Checkpoints.save
+
+    def save_then_die(self, *args, **kwargs):
+        save(self, *args, **kwargs)
+        self.close()
+        raise SimulatedPreemption
+
+    with monkeypatch.context() as m:
+        m.setattr(Checkpoints, "save", save_then_die)
+        with pytest.raises(SimulatedPreemption):
+            train_and_evaluate(c, tmp_path / "resumed")
+    assert Checkpoints(tmp_path / "resumed").latest_step() == 2
+    assert train_and_evaluate(c, tmp_path / "resumed") == full
+    run = setup(c)
+    template = init_state(run.model, run.tx, run.plateau_tx, run.pipeline.image_shape, c.seed, run.mesh)
+    final = []
+    for name in ("full", "resumed"):
+        checkpoints = Checkpoints(tmp_path / name)
+        final.append(checkpoints.restore(template)[0])
+        checkpoints.close()
+    chex.assert_trees_all_equal(*final)
