@@ -277,9 +277,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, o
     if config.transfer.cache_features:  # the head alone, on features of the frozen backbone computed once here
         step_model, pipeline = transfer.cache_features(run.model, state, pipeline, run.mesh)
     train_fn, eval_fn = compile_steps(step_model, run.tx, run.mesh, config.label_smoothing, config.seed)
-    steps = multistep.Steps(train_fn, pipeline, config.steps_per_call, run.mesh)
+    runner = multistep.Steps(train_fn, pipeline, config.steps_per_call, run.mesh)
     writer = MetricWriter(workdir, resume_step=int(state.step)) if lead else None
     diagnose = diagnostics_fn(run.model) if config.diagnostics_every_steps else None
+    diagnosed = lambda s: bool(diagnose) and s % config.diagnostics_every_steps == 0  # noqa: E731 - before step s+1
     meter = TrainMeter(info.get("train_totals"))
     best = checkpoints.best()  # (step, value) of the best evaluation so far
     record: dict[str, float] = info.get("record", {})
@@ -292,18 +293,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, o
                 bar = tqdm(total=epoch_end - epoch * spe, initial=step - epoch * spe, desc=f"epoch {epoch + 1}/{num_epochs}",
                            disable=not lead, leave=False)
                 t0, window = time.perf_counter(), 0
-                diagnosed = lambda s: bool(diagnose) and s % config.diagnostics_every_steps == 0  # noqa: E731
                 stops_after = lambda s: sync_point(s, config, epoch_end, run.total_steps) or diagnosed(s)  # noqa: E731
-                steps.start_epoch(epoch, step - epoch * spe)
+                runner.start_epoch(epoch, step - epoch * spe)
                 while step < epoch_end:
                     if diagnosed(step):  # every process joins; the lead writes
-                        n, batch = 1, steps.batch()
-                        state, metrics, diag = step_with_diagnostics(lambda s: steps.run(s, 1), diagnose, state, batch)
+                        n, batch = 1, runner.batch()
+                        state, metrics, diag = step_with_diagnostics(lambda s: runner.run(s, 1), diagnose, state, batch)
                         if lead:
                             writer.write(step, step / spe, jax.device_get(diag))
                     else:  # steps_per_call steps in one call, fewer if a sync point comes sooner
                         n = multistep.call_length(step, config.steps_per_call, stops_after)
-                        state, metrics = steps.run(state, n)
+                        state, metrics = runner.run(state, n)
                     step, window = step + n, window + n
                     meter.add(step, metrics, n)
                     bar.update(n)

@@ -58,44 +58,58 @@ def device_reads(monkeypatch):
     return reads
 
 
-def test_eight_steps_per_call_equal_one_step_per_call_also_resumed_mid_epoch(tmp_path, learnable_idx_dir, monkeypatch,
-                                                                            device_reads):
-    calls = []  # (steps in the call, device reads so far)
+def steps_with_reads(calls: list[tuple[int, int]]) -> set[int]:
+    """The steps at which a call found the device read since the previous call; calls: (steps, reads before it)."""
+    starts = itertools.accumulate([n for n, _ in calls], initial=0)
+    return {step for step, (_, before), (_, after) in zip(list(starts)[1:], calls, calls[1:]) if after > before}
+
+
+def test_eight_steps_per_call_equal_one_step_per_call_and_resume_exactly_mid_epoch(tmp_path, learnable_idx_dir,
+                                                                                  monkeypatch, device_reads):
+    calls = []  # (steps in the call, device reads before it)
     original_run, original_save = multistep.Steps.run, Checkpoints.save
     monkeypatch.setattr(multistep.Steps, "run",
                         lambda self, state, n: (calls.append((n, len(device_reads))), original_run(self, state, n))[1])
     one = train_and_evaluate(config_for(learnable_idx_dir, steps_per_call=1), tmp_path / "k1")
-    # The loop reads the device only at its sync points (steps 8, 12, 16) and after a diagnosed step (0, 12): between
-    # two calls with no such step in between, nothing was read.
+    # The loop reads the device only at its sync points (after steps 8, 12, 16) and after a diagnosed step (0, 12):
+    # a call finds the device read since the call before only at steps 1, 8, 12, 13 and 16.
     assert [n for n, _ in calls] == [1] * 24
-    read_after = {step for step, ((_, before), (_, after)) in enumerate(zip(calls, calls[1:]), 1) if after > before}
-    assert read_after == {1, 8, 12, 13, 16}, read_after
+    assert steps_with_reads(calls) == {1, 8, 12, 13, 16}
     calls.clear()
+    eight_config = config_for(learnable_idx_dir, steps_per_call=8)
+    eight = train_and_evaluate(eight_config, tmp_path / "k8")
+    # 8 steps a call where no sync point intervenes (steps 17-24), else the longest power of two before the next
+    # one; a diagnosed step runs alone. The device is read where it is with K=1.
+    assert [n for n, _ in calls] == [1, 4, 2, 1, 4, 1, 2, 1, 8], calls
+    assert steps_with_reads(calls) == {1, 8, 12, 13, 16}
 
     def save_then_die(self, state, info, value=None):
         original_save(self, state, info, value)
         self.close()
         raise Interrupted
 
-    eight_config = config_for(learnable_idx_dir, steps_per_call=8)
     with monkeypatch.context() as m:
         m.setattr(Checkpoints, "save", save_then_die)
         with pytest.raises(Interrupted):
-            train_and_evaluate(eight_config, tmp_path / "k8")  # stops after the checkpoint of step 12
-    assert Checkpoints(tmp_path / "k8").latest_step() == 12
-    eight = train_and_evaluate(eight_config, tmp_path / "k8")
-    # 8 steps a call where no sync point intervenes (steps 17-24), else the longest power of two before the next
-    # one (a diagnosed step runs alone).
-    assert [n for n, _ in calls] == [1, 4, 2, 1, 4] + [1, 2, 1, 8], calls
+            train_and_evaluate(eight_config, tmp_path / "k8-resumed")  # stops after the checkpoint of step 12
+    assert Checkpoints(tmp_path / "k8-resumed").latest_step() == 12
+    resumed = train_and_evaluate(eight_config, tmp_path / "k8-resumed")
 
-    assert one == eight  # the last evaluation, the epoch's train means (the first epoch's carried over step 12)
-    reference = records(tmp_path / "k1")
+    final = {name: final_state(eight_config, tmp_path / name) for name in ("k1", "k8", "k8-resumed")}
+    assert int(final["k1"].step) == int(final["k8"].step) == 24
+    # Resumed mid-epoch with K=8: bit for bit the uninterrupted K=8 run.
+    assert resumed == eight
+    assert records(tmp_path / "k8-resumed") == records(tmp_path / "k8")
+    chex.assert_trees_all_equal(final["k8-resumed"], final["k8"])
+    # K=8 against K=1: the same steps, batches and records, to float32 rounding (XLA compiles the step in a loop).
+    reference, fused = records(tmp_path / "k1"), records(tmp_path / "k8")
     assert [e["step"] for e in reference if "train/loss" in e] == [8, 12, 16, 24]
     assert [e["step"] for e in reference if any(k.startswith("diag/") for k in e)] == [0, 12]
-    assert records(tmp_path / "k8") == reference
-    final = {name: final_state(eight_config, tmp_path / name) for name in ("k1", "k8")}
-    assert int(final["k1"].step) == 24
-    chex.assert_trees_all_equal(final["k1"], final["k8"])
+    assert [sorted(e) for e in fused] == [sorted(e) for e in reference]
+    for got, want in zip(fused, reference):
+        assert got == pytest.approx(want, rel=1e-4, abs=1e-6), want["step"]
+    assert eight == pytest.approx(one, rel=1e-4, abs=1e-6)
+    chex.assert_trees_all_close(final["k8"], final["k1"], rtol=2e-3, atol=5e-5)
     assert one["test/accuracy"] > 0.9  # it learned (two classes, chance 0.5)
 
 
@@ -105,8 +119,7 @@ def tiny_run(learnable_idx_dir):
 
 
 def test_a_call_trains_on_the_pipelines_batches_in_order(tiny_run):
-    """K steps in one call are the steps on train_batches(epoch, start) (up to rounding: XLA compiles the gather
-    into the step's program there)."""
+    """K steps in one call are the steps on train_batches(epoch, start), to float32 rounding."""
     run = tiny_run
     fresh = lambda: init_state(run.model, run.tx, run.plateau_tx, run.pipeline.image_shape, 0, run.mesh)  # noqa: E731
     train_fn, _ = compile_steps(run.model, run.tx, run.mesh)
