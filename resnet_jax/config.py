@@ -68,7 +68,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.best_metric = ""  # the best checkpoint's metric; '' = val/accuracy if there is a val split, else test/accuracy
     c.diagnostics_every_steps = 0  # > 0: log gradient/activation/update diagnostics every K steps
     # Training steps per compiled call (resnet_jax.multistep): > 1 (e.g. 8) cuts the host's dispatch overhead for small
-    # models on fast accelerators; in-memory data only. Same results, metrics and resume points as 1.
+    # models on GPUs/TPUs (XLA:CPU runs it slower); in-memory data only. Same steps, records and resume points as 1.
     c.steps_per_call = 1
     return c
 
