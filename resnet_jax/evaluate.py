@@ -1,6 +1,9 @@
 """Evaluate a run's best or latest checkpoint on chosen splits, with the data and model of its saved config.
 
     python -m resnet_jax.evaluate --workdir runs/quickstart [--checkpoint best|latest] [--split test --split val]
+
+Multi-host: the same flags as train (--coordinator_address, --num_processes, --process_id or --distributed) on every
+process; each evaluates its share of every batch and process 0 prints the results.
 """
 
 import argparse
@@ -9,6 +12,7 @@ from pathlib import Path
 
 import ml_collections
 
+from resnet_jax import distributed
 from resnet_jax.checkpoints import Checkpoints
 from resnet_jax.train import compile_steps, evaluate_split, init_state, setup
 
@@ -43,7 +47,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--checkpoint", choices=("best", "latest"), default="best")
     parser.add_argument("--split", action="append", help="split to evaluate (repeatable; default: test)")
+    distributed.add_arguments(parser)
     args = parser.parse_args(argv)
+    try:
+        distributed.initialize(distributed.settings_from(args))  # validates the flags first
+    except ValueError as e:
+        parser.error(str(e))
+    distributed.quiet_followers()
     try:
         results = evaluate_run(args.workdir, args.checkpoint, tuple(args.split or ["test"]))
     except (FileNotFoundError, ValueError) as e:

@@ -29,7 +29,7 @@ from ml_collections import config_flags
 from tqdm import tqdm
 
 from resnet_jax import data as data_lib
-from resnet_jax import optim
+from resnet_jax import distributed, optim
 from resnet_jax.checkpoints import Checkpoints
 from resnet_jax.diagnostics import diagnostics_fn, update_ratio_metrics
 from resnet_jax.losses import cross_entropy, top_k_correct
@@ -240,9 +240,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, o
     """Train (or resume) the configured run in `workdir`; returns the last epoch's record."""
     workdir = Path(workdir)
     run = setup(config)
-    lead = jax.process_index() == 0
-    if lead:
-        prepare_workdir(workdir, config, overwrite)
+    lead = distributed.is_lead()
+    distributed.run_on_lead(prepare_workdir, workdir, config, overwrite)
+    distributed.check_shared(workdir / "config.json")
     pipeline, spe = run.pipeline, run.pipeline.steps_per_epoch
     print(f"data: {pipeline.origin}; splits {pipeline.split_sizes}; images {pipeline.image_shape}; {pipeline.num_classes} classes")
     print(f"best checkpoint by {run.best_metric}")
@@ -339,8 +339,11 @@ def main(argv: list[str]) -> None:
     del argv
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # orbax logs every file operation at INFO
-    if FLAGS.distributed:
-        jax.distributed.initialize()
+    try:
+        distributed.initialize(distributed.settings_from(FLAGS))  # validates the flags first
+    except ValueError as e:
+        raise app.UsageError(str(e)) from e
+    distributed.quiet_followers()
     train_and_evaluate(FLAGS.config, FLAGS.workdir, overwrite=FLAGS.overwrite)
 
 
@@ -349,6 +352,6 @@ if __name__ == "__main__":
     config_flags.DEFINE_config_file("config", None, "experiment config file (experiments/*.py)", lock_config=True)
     flags.DEFINE_string("workdir", None, "directory for checkpoints, metrics and figures; re-use it to resume")
     flags.DEFINE_bool("overwrite", False, "if --workdir holds a run with another config, move it aside and start afresh")
-    flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() first (multi-host runs)")
+    distributed.define_flags()
     flags.mark_flags_as_required(["config", "workdir"])
     app.run(main)
