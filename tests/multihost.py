@@ -1,10 +1,10 @@
 """Launch N local processes of one program on loopback, as N hosts would run it (for the multi-host tests).
 
-    with Processes(lambda i, coordinator: [*command, f"--process_id={i}", ...], tmp_path) as run:
+    with Processes(lambda i, coordinator: [*command, f"--process_id={i}", ...], tmp_path, NPROC="2") as run:
         results = run.wait(timeout=300)   # or run.kill(1) first
 
-Each process gets its own forced CPU devices (JAX_PLATFORMS=cpu), stdout and stderr in files under `logs`, and the
-coordinator address 127.0.0.1:<free port>. A process that outlives the test is SIGKILLed (a multi-process JAX
+Each process gets its own forced CPU devices (JAX_PLATFORMS=cpu) and any extra environment variables, stdout and
+stderr in files under `logs`, and the coordinator address 127.0.0.1:<free port>. A process that outlives the test is SIGKILLed (a multi-process JAX
 program catches SIGTERM for its preemption service), so a hang fails the test instead of stalling it.
 """
 
@@ -46,14 +46,14 @@ class Result:
 
 
 class Processes:
-    """`num_processes` processes; process i runs argv(i, 'HOST:PORT of the coordinator')."""
+    """`num_processes` processes; process i runs argv(i, 'HOST:PORT of the coordinator'); `env`: extra variables."""
 
     def __init__(self, argv: Callable[[int, str], list[str]], logs: Path, num_processes: int = 2,
-                 devices_per_process: int = 2, env: dict[str, str] | None = None):
+                 devices_per_process: int = 2, **env: str):
         coordinator = f"127.0.0.1:{free_port()}"
         logs.mkdir(parents=True, exist_ok=True)
         self.logs = [(logs / f"process{i}.out", logs / f"process{i}.err") for i in range(num_processes)]
-        env = env or cpu_env(devices_per_process)
+        env = cpu_env(devices_per_process, **env)
         self.procs = []
         for i, (out, err) in enumerate(self.logs):
             with out.open("w") as o, err.open("w") as e:

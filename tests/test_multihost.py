@@ -1,6 +1,6 @@
 """Multi-host for real: 2 processes x 2 CPU devices on loopback train with evaluation and checkpoints, lose a process
 (the other stops with an error naming it, in bounded time), resume, and end where 1 process on 4 devices ends (which
-ends where 1 device ends)."""
+ends where 1 device ends); queued collectives do not deadlock a small CPU machine; flags fail before anything."""
 
 import argparse
 import json
@@ -18,17 +18,14 @@ from absl import flags
 from multihost import Processes, cpu_env, python
 from multihost_worker import quickstart_with
 
-from resnet_jax import distributed
+from resnet_jax import distributed, evaluate
 from resnet_jax.checkpoints import Checkpoints
 from resnet_jax.metrics import read_metrics
 from resnet_jax.train import init_state, setup, train_and_evaluate
 
 STEPS_PER_EPOCH = 8  # the fixture's 256 training images in batches of 32
 HEARTBEAT = 30  # seconds: how soon JAX declares a silent process lost (10 s gave false losses under load)
-LAUNCH_TIMEOUT = 900  # seconds: generous for a loaded 2-core machine; a hang fails here instead of stalling CI
-# NPROC=2 gives XLA:CPU the thread pool of a 2-core machine, where a multi-process run deadlocked in its first
-# evaluation (distributed.ensure_cpu_client_threads); on a bigger machine the deadlock would hide.
-SMALL_MACHINE = {"NPROC": "2"}
+LAUNCH_TIMEOUT = 600  # seconds: generous for a loaded 2-core machine; a hang fails here instead of stalling CI
 # float32 sums over the batch in another order (per-device partial sums, then a cross-device all-reduce) differ in
 # the last bits; 24 SGD steps carry that into params and metrics. Measured (2026-12-01, this 2-core machine): params
 # and BN statistics within 1.1e-5 (2x2 vs 1x4, and 1x4 vs 1 device), metrics within 1.3e-7 relative. 1e-4 leaves
@@ -63,14 +60,16 @@ def worker_output(result) -> dict:
 
 @pytest.fixture(scope="module")
 def lost_process(tmp_path_factory, learnable_idx_dir):
-    """The train CLI on 2 processes x 2 devices; process 1 is SIGKILLed once the epoch-1 checkpoint is committed."""
+    """The train CLI on 2 processes x 2 devices; process 1 is SIGKILLed once the epoch-1 checkpoints are committed
+    (latest and best: a kill between the two loses the best one for good, a single-process matter of checkpoints.py)."""
     root = tmp_path_factory.mktemp("multihost")
     changes, workdir = overrides(learnable_idx_dir), root / "run"
     argv = lambda i, coordinator: train_cli(workdir, changes, *process_flags(i, coordinator),  # noqa: E731
                                             f"--heartbeat_timeout_seconds={HEARTBEAT}")
-    with Processes(argv, root / "logs-lost", env=cpu_env(2, **SMALL_MACHINE)) as run:
+    with Processes(argv, root / "logs-lost") as run:
         deadline = time.monotonic() + LAUNCH_TIMEOUT
-        while not (workdir / "checkpoints" / str(STEPS_PER_EPOCH)).exists():  # orbax renames it there on commit
+        epoch_1 = [workdir / which / str(STEPS_PER_EPOCH) for which in ("checkpoints", "best")]
+        while not all(path.exists() for path in epoch_1):  # orbax renames them there on commit
             assert run.poll() == [None, None], f"a process ended before the first checkpoint:\n{run.tails()}"
             assert time.monotonic() < deadline, f"no checkpoint after {LAUNCH_TIMEOUT} s:\n{run.tails()}"
             time.sleep(0.05)
@@ -105,7 +104,7 @@ def test_two_processes_resume_and_end_as_one_process_on_4_and_on_1_device(lost_p
                        (changes, workdir)],  # the lost run itself: resumed
                       evaluate=workdir)
 
-    with Processes(argv, root / "logs-resumed", env=cpu_env(2, **SMALL_MACHINE)) as run:
+    with Processes(argv, root / "logs-resumed") as run:
         lead, follower = run.wait(timeout=LAUNCH_TIMEOUT)
     (not_shared, refused, record), (not_shared_1, refused_1, record_1) = (
         worker_output(r)["runs"] for r in (lead, follower))
@@ -123,22 +122,22 @@ def test_two_processes_resume_and_end_as_one_process_on_4_and_on_1_device(lost_p
     assert math.isclose(evaluated["test/accuracy"], record["test/accuracy"], rel_tol=1e-6)
     assert evaluated["step"] == 3 * STEPS_PER_EPOCH
 
-    with Processes(lambda i, _: worker({}, [(changes, tmp_path / "four")]), tmp_path / "logs", num_processes=1,
+    four_dir, one_dir = tmp_path / "four", tmp_path / "one"
+    with Processes(lambda i, _: worker({}, [(changes, four_dir)]), tmp_path / "logs", num_processes=1,
                    devices_per_process=4) as run:
         (four,) = worker_output(run.wait(timeout=LAUNCH_TIMEOUT)[0])["runs"]
-    one = train_and_evaluate(quickstart_with(changes), tmp_path / "one")
+    one = train_and_evaluate(quickstart_with(changes), one_dir)  # this process has 1 CPU device
     assert one["test/accuracy"] > 0.9  # it learned the task (chance 0.5)
 
     config = quickstart_with(changes)
-    run_ = setup(config)
-    template = init_state(run_.model, run_.tx, run_.plateau_tx, run_.pipeline.image_shape, config.seed, run_.mesh)
-    for name, other, reference in (("2x2 vs 1x4", workdir, tmp_path / "four"), ("1x4 vs 1", tmp_path / "four",
-                                                                               tmp_path / "one")):
-        assert_same_metrics(read_metrics(other), read_metrics(reference), name)
-        assert max_param_diff(final_state(other, template), final_state(reference, template)) < TOLERANCE, name
+    built = setup(config)
+    template = init_state(built.model, built.tx, built.plateau_tx, built.pipeline.image_shape, config.seed, built.mesh)
+    for name, run_dir, reference_dir in (("2x2 vs 1x4", workdir, four_dir), ("1x4 vs 1", four_dir, one_dir)):
+        assert_same_metrics(read_metrics(run_dir), read_metrics(reference_dir), name)
+        assert max_param_diff(final_state(run_dir, template), final_state(reference_dir, template)) < TOLERANCE, name
+        # The same best checkpoint (val/accuracy reaches 1 in epoch 1 and is not beaten after).
+        assert [p.name for p in (run_dir / "best").iterdir()] == [p.name for p in (reference_dir / "best").iterdir()]
     assert_same_metrics([record], [four], "final record 2x2 vs 1x4")
-    # The same best checkpoint (val/accuracy reaches 1 in epoch 1 and is not beaten after).
-    assert [p.name for p in (workdir / "best").iterdir()] == [p.name for p in (tmp_path / "four" / "best").iterdir()]
     assert_same_metrics([four], [one], "final record 1x4 vs 1")
 
 
@@ -190,10 +189,46 @@ def test_flags_are_checked_before_anything_starts():
         assert not distributed.settings_from(parse([])).enabled
 
 
-def test_no_cluster_and_no_flags_is_a_clear_error():
-    script = "from resnet_jax import distributed; distributed.initialize(distributed.Settings(distributed=True))"
-    out = subprocess.run(python("-c", script), env=cpu_env(1), capture_output=True, text=True, timeout=120)
+# 100 steps of (gather a batch, add its all-reduced sum to a total), queued without a host sync, as an evaluation
+# loop queues them: more than the 32 computations XLA:CPU lets a device have in flight.
+QUEUED_COLLECTIVES = """
+import sys
+import jax, jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec as P
+from resnet_jax import distributed
+distributed.initialize(distributed.Settings(coordinator_address=sys.argv[1], num_processes=2, process_id=int(sys.argv[2])))
+mesh = jax.make_mesh((jax.device_count(),), ("data",))
+replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+data = jax.device_put(jnp.ones((1024, 64)), replicated)
+batch = jax.jit(lambda data, start: jax.lax.dynamic_slice_in_dim(data, start, 128), out_shardings=sharded)
+add_sum = jax.jit(lambda total, batch: total + jnp.sum(batch), out_shardings=replicated)
+total = jnp.zeros(())
+for step in range(100):
+    total = add_sum(total, batch(data, step))
+print("total", float(total))
+"""
+
+
+def test_queued_collectives_do_not_deadlock_a_small_cpu_machine(tmp_path):
+    """The first evaluation of a 2-process CPU run hung forever (issue 9): distributed.ensure_cpu_client_threads.
+    NPROC=2 gives XLA:CPU the thread pool of a 2-core machine, where it happened; on a bigger one it would hide."""
+    argv = lambda i, coordinator: python("-c", QUEUED_COLLECTIVES, coordinator, str(i))  # noqa: E731
+    with Processes(argv, tmp_path, NPROC="2") as run:
+        results = run.wait(timeout=300)
+    for r in results:
+        assert r.returncode == 0 and f"total {100 * 128 * 64}.0" in r.stdout, r.stderr[-3000:]
+
+
+def test_no_cluster_and_no_flags_is_a_clear_error(tmp_path):
+    train = train_cli(tmp_path / "run", {}, "--distributed")
+    out = subprocess.run(train, env=cpu_env(1), capture_output=True, text=True, timeout=300)
     assert out.returncode != 0
     assert "cannot start a multi-process run: no cluster detected" in out.stderr, out.stderr[-3000:]
     assert "--coordinator_address=HOST:PORT" in out.stderr and "Slurm" in out.stderr
+    assert not (tmp_path / "run").exists()
 
+
+def test_evaluate_checks_its_flags_before_anything_starts(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        evaluate.main(["--workdir", str(tmp_path), "--num_processes=2", "--process_id=2"])
+    assert "--process_id=2: give 0 .. num_processes - 1 = 1" in capsys.readouterr().err
