@@ -7,9 +7,9 @@
 
 The flags are `jax.distributed.initialize`'s arguments under their own names. Every process runs the same program
 and takes the same decisions: metrics come from all-reduced sums, the same bits everywhere, and what depends on
-files is decided by process 0 and shared (`run_on_lead`). Only process 0 writes logs, metrics, figures and reports,
-while orbax writes checkpoints from every process, so the workdir must be on a filesystem that every host sees
-(`check_shared`).
+files is decided (or done) by process 0 and shared (`run_on_lead`). Only process 0 writes logs, metrics, figures
+and reports, while orbax writes checkpoints from every process, so the workdir must be on a filesystem that every
+host sees (`check_shared`).
 """
 
 import argparse
@@ -186,32 +186,41 @@ def _from_lead(value: Any) -> Any:
     return json.loads(bytes(multihost_utils.broadcast_one_to_all(buffer)[:size]))
 
 
-def run_on_lead(fn: Callable[..., None], *args: Any) -> None:
-    """Run fn(*args) on process 0 alone (file-system work); the others wait for it, then every process raises its
-    error (a ValueError stays one) or goes on."""
-    error = None
+def run_on_lead(fn: Callable[..., Any], *args: Any, errors: tuple[type[Exception], ...] = ()) -> Any:
+    """fn(*args) run on process 0 alone (file-system work: reads that decide, moves), its JSON-serialisable result
+    returned on every process. The others wait for it; if it raises, every process raises: an error of a class in
+    `errors` as that class with process 0's message, any other as a RuntimeError naming it."""
+    if jax.process_count() == 1:
+        return fn(*args)
+    outcome = None
     if is_lead():
         try:
-            fn(*args)
+            outcome = {"value": fn(*args)}
         except Exception as e:  # shared first, then raised as it is on process 0
-            error = {"value_error": isinstance(e, ValueError), "message": str(e)}
-            if jax.process_count() == 1:
-                raise
-            _from_lead(error)
+            _from_lead({"error": type(e).__name__, "message": str(e)})
             raise
-    error = _from_lead(error)
-    if error:
-        raise (ValueError if error["value_error"] else RuntimeError)(f"process 0: {error['message']}")
+    outcome = _from_lead(outcome)
+    if "error" in outcome:
+        kinds = {kind.__name__: kind for kind in errors}
+        if outcome["error"] in kinds:
+            raise kinds[outcome["error"]](outcome["message"])
+        raise RuntimeError(f"process 0 failed with {outcome['error']}: {outcome['message']}")
+    return outcome["value"]
+
+
+class NotSharedError(ValueError):
+    """A process does not see the files process 0 wrote: the workdir is not on a filesystem that all hosts share."""
 
 
 def check_shared(path: Path) -> None:
-    """Every process must see `path`, written by process 0: a workdir on a filesystem that all hosts share."""
+    """Every process must see `path`, which process 0 has just written: a workdir on a filesystem that all hosts
+    share. Every process calls it after process 0's write."""
     if jax.process_count() == 1:
         return
+    multihost_utils.sync_global_devices("resnet_jax.distributed.check_shared")  # process 0 has written it
     seen = multihost_utils.process_allgather(np.int32(Path(path).exists()))
     missing = [i for i, ok in enumerate(seen) if not ok]
     if missing:
-        raise ValueError(f"process(es) {missing} do not see {path}, which process 0 wrote: in a multi-process run "
-                         "the workdir must be on a filesystem that every host mounts at the same path (NFS, GCS "
-                         "FUSE, ...); orbax writes the checkpoints from every process")
-
+        raise NotSharedError(f"process(es) {missing} do not see {path}, which process 0 wrote: in a multi-process "
+                             "run the workdir must be on a filesystem that every host mounts at the same path (NFS, "
+                             "GCS FUSE, ...); orbax writes the checkpoints from every process")

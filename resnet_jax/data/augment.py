@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 
 AUGMENTATIONS = ("none", "crop", "flip", "crop_flip", "shift", "shift_flip")
+NORMALIZATIONS = ("channel", "pixel_mean", "none")  # how the pipeline derives `normalize`'s mean and std
 
 
 def to_model_geometry(images: jax.Array, pad_to_32: bool, channels: int) -> jax.Array:

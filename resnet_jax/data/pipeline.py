@@ -4,6 +4,7 @@ Small datasets live on every device as uint8; each epoch is a permutation drawn 
 gather + augment + normalise. Large tfds datasets are streamed by tf.data, each process reading its own shard, and
 assembled into global arrays before the same on-device transforms. Batches are sharded over the mesh axis 'data'.
 Randomness is a function of (seed, epoch, step) only, so a resumed run sees exactly the batches it would have seen.
+tensorflow-datasets is imported only when a tfds dataset is streamed.
 """
 
 import math
@@ -13,14 +14,13 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import tensorflow_datasets as tfds
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from resnet_jax.data import augment
-from resnet_jax.data.sources import Dataset, TfdsSource, load_dataset, open_tfds, split_ranges
+from resnet_jax.data.sources import (Dataset, TfdsSource, load_dataset, open_tfds, split_ranges, validate_config,
+                                     with_defaults)
 
-NORMALIZATIONS = ("channel", "pixel_mean", "none")
 IN_MEMORY_LIMIT = 2 << 30     # in_memory='auto' keeps a tfds dataset on device below this many bytes of uint8 images
 SHUFFLE_STEP = 2**32 - 1      # the epoch's shuffle key is the augmentation key of this step, which no epoch reaches
 STATS_SAMPLE = 10_000         # a streamed dataset's normalisation statistics come from its first this many images
@@ -161,9 +161,13 @@ class _InMemoryPipeline(Pipeline):
         idx = self._shard(start + jnp.arange(self.eval_batch_size))
         return self._per_device(local, P(), P(), P("data"))(images, labels, idx)
 
+    def train_order(self, epoch: int) -> jax.Array:
+        """The order in which `epoch` visits the training examples: step s takes entries s*B to (s+1)*B."""
+        return self._permutation(epoch)
+
     def train_batches(self, epoch: int, start_step: int = 0) -> Iterator[dict[str, jax.Array]]:
         images, labels = self._arrays["train"]
-        perm = self._permutation(epoch)
+        perm = self.train_order(epoch)
         for step in range(start_step, self.steps_per_epoch):
             yield self._train_batch(images, labels, perm, epoch, step)
 
@@ -178,6 +182,8 @@ class _StreamedPipeline(Pipeline):
     """tf.data reads each process's shard of a tfds dataset; local batches become global arrays on the mesh."""
 
     def __init__(self, source: TfdsSource, config, batch_size, mesh, seed):
+        import tensorflow_datasets as tfds
+
         ranges = split_ranges(source.num_examples("train"), config.val_size, config.train_subset)
         self._splits = {k: f"train[{a}:{b}]" for k, (a, b) in ranges.items()}
         if source.test_split:
@@ -209,6 +215,7 @@ class _StreamedPipeline(Pipeline):
 
     def train_batches(self, epoch: int, start_step: int = 0) -> Iterator[dict[str, jax.Array]]:
         import tensorflow as tf
+        import tensorflow_datasets as tfds
 
         shuffle_seed = int(np.random.SeedSequence([self._seed, epoch]).generate_state(1)[0])
         split = tfds.split_for_jax_process(self._splits["train"], drop_remainder=True)
@@ -219,6 +226,7 @@ class _StreamedPipeline(Pipeline):
 
     def eval_batches(self, split: str) -> Iterator[dict[str, jax.Array]]:
         import tensorflow as tf
+        import tensorflow_datasets as tfds
 
         self._check_split(split)
         # Processes' shards differ by at most one example: all pad to the same number of batches.
@@ -239,6 +247,8 @@ def make_pipeline(config: ml_collections.ConfigDict, batch_size: int, mesh: jax.
     `dataset` supplies arrays already in memory (tests, benchmarks); by default the data is read as config says:
     kept on device when small, streamed from tfds when large or in_memory=False.
     """
+    validate_config(config)
+    config = with_defaults(config)
     if "data" not in mesh.shape:
         raise ValueError(f"the mesh needs an axis named 'data' (it has {tuple(mesh.shape)})")
     devices = mesh.shape["data"]
@@ -246,16 +256,12 @@ def make_pipeline(config: ml_collections.ConfigDict, batch_size: int, mesh: jax.
         if size <= 0 or size % devices:
             raise ValueError(f"{what}={size} is not a multiple of the {devices} devices on mesh axis 'data'; "
                              f"use a multiple of {devices}")
-    for field, allowed in (("augment", augment.AUGMENTATIONS), ("normalize", NORMALIZATIONS),
-                           ("in_memory", ("auto", True, False))):
-        if config[field] not in allowed:
-            raise ValueError(f"unknown {field} {config[field]!r}; choose one of {', '.join(map(str, allowed))}")
     if dataset is None and config.source == "tfds" and config.in_memory is not True:
         source = open_tfds(config)
         n = sum(source.num_examples(s) for s in ("train", source.test_split) if s)
         if config.in_memory is False or n * math.prod(source.image_shape) > IN_MEMORY_LIMIT:
+            if config.classes or config.train_per_class:
+                raise ValueError(f"classes / train_per_class select examples in memory, but {config.name} is streamed: "
+                                 "set in_memory=True if the kept examples fit")
             return _StreamedPipeline(source, config, batch_size, mesh, seed)
-    elif config.in_memory is False:
-        raise ValueError(f"in_memory=False streams from tfds; source={config.source!r} is read into memory "
-                         "(use in_memory='auto')")
     return _InMemoryPipeline(dataset or load_dataset(config), config, batch_size, mesh, seed)
