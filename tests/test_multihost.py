@@ -3,6 +3,7 @@
 ends where 1 device ends); queued collectives do not deadlock a small CPU machine; flags fail before anything."""
 
 import argparse
+import contextlib
 import json
 import math
 import re
@@ -21,7 +22,7 @@ from multihost_worker import quickstart_with
 from resnet_jax import distributed, evaluate
 from resnet_jax.checkpoints import Checkpoints
 from resnet_jax.metrics import read_metrics
-from resnet_jax.train import init_state, setup, train_and_evaluate
+from resnet_jax.train import init_state, setup
 
 STEPS_PER_EPOCH = 8  # the fixture's 256 training images in batches of 32
 HEARTBEAT = 30  # seconds: how soon JAX declares a silent process lost (10 s gave false losses under load)
@@ -59,13 +60,22 @@ def worker_output(result) -> dict:
 
 
 @pytest.fixture(scope="module")
-def lost_process(tmp_path_factory, learnable_idx_dir):
-    """The train CLI on 2 processes x 2 devices; process 1 is SIGKILLed once the epoch-1 checkpoint is committed."""
+def compile_cache(tmp_path_factory) -> dict[str, str]:
+    """JAX's persistent compilation cache for this file's processes: a run compiles only what no earlier run with the
+    same devices compiled (each compile costs seconds on a small machine)."""
+    return {"JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("jax-cache")),
+            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+
+
+@pytest.fixture(scope="module")
+def lost_process(tmp_path_factory, learnable_idx_dir, compile_cache):
+    """The train CLI on 2 processes x 2 devices; process 1 is SIGKILLed once the epoch-1 checkpoint is committed.
+    While process 0 waits to learn of the loss, the reference runs start: 1 process on 4 devices, and on 1 device."""
     root = tmp_path_factory.mktemp("multihost")
     changes, workdir = overrides(learnable_idx_dir), root / "run"
     argv = lambda i, coordinator: train_cli(workdir, changes, *process_flags(i, coordinator),  # noqa: E731
                                             f"--heartbeat_timeout_seconds={HEARTBEAT}")
-    with Processes(argv, root / "logs-lost") as run:
+    with Processes(argv, root / "logs-lost", **compile_cache) as run, contextlib.ExitStack() as references:
         deadline = time.monotonic() + LAUNCH_TIMEOUT
         while not (workdir / "checkpoints" / str(STEPS_PER_EPOCH)).exists():  # orbax renames it there on commit
             assert run.poll() == [None, None], f"a process ended before the first checkpoint:\n{run.tails()}"
@@ -74,12 +84,15 @@ def lost_process(tmp_path_factory, learnable_idx_dir):
         assert run.poll() == [None, None], f"a process ended before the kill:\n{run.tails()}"
         run.kill(1)
         killed = time.monotonic()
+        reference = {devices: references.enter_context(Processes(
+            lambda i, _, d=devices: worker({}, [(changes, root / f"reference-{d}")]), root / f"logs-{devices}",
+            num_processes=1, devices_per_process=devices, **compile_cache)) for devices in (4, 1)}
         results = run.wait(timeout=HEARTBEAT + 300)
-    return root, changes, results, killed
+        yield root, changes, results, killed, reference
 
 
 def test_a_lost_process_stops_the_others_with_an_error_naming_it(lost_process):
-    _, _, (survivor, victim), killed = lost_process
+    _, _, (survivor, victim), killed, _ = lost_process
     assert victim.returncode == -signal.SIGKILL
     assert survivor.returncode != 0
     # Bounded: JAX's coordination service declares process 1 lost after the heartbeat timeout and stops process 0,
@@ -91,8 +104,8 @@ def test_a_lost_process_stops_the_others_with_an_error_naming_it(lost_process):
     assert "epoch 1/3 (step 8)" in survivor.stdout and "epoch" not in victim.stdout  # only process 0 prints
 
 
-def test_two_processes_resume_and_end_as_one_process_on_4_and_on_1_device(lost_process, tmp_path):
-    root, changes, _, _ = lost_process
+def test_two_processes_resume_and_end_as_one_process_on_4_and_on_1_device(lost_process, compile_cache):
+    root, changes, _, _, reference = lost_process
     workdir, elsewhere = root / "run", root / "not-shared"
 
     def argv(i, coordinator):
@@ -102,7 +115,7 @@ def test_two_processes_resume_and_end_as_one_process_on_4_and_on_1_device(lost_p
                        (changes, workdir)],  # the lost run itself: resumed
                       evaluate=workdir)
 
-    with Processes(argv, root / "logs-resumed") as run:
+    with Processes(argv, root / "logs-resumed", **compile_cache) as run:
         lead, follower = run.wait(timeout=LAUNCH_TIMEOUT)
     (not_shared, refused, record), (not_shared_1, refused_1, record_1) = (
         worker_output(r)["runs"] for r in (lead, follower))
@@ -120,16 +133,13 @@ def test_two_processes_resume_and_end_as_one_process_on_4_and_on_1_device(lost_p
     assert math.isclose(evaluated["test/accuracy"], record["test/accuracy"], rel_tol=1e-6)
     assert evaluated["step"] == 3 * STEPS_PER_EPOCH
 
-    four_dir, one_dir = tmp_path / "four", tmp_path / "one"
-    with Processes(lambda i, _: worker({}, [(changes, four_dir)]), tmp_path / "logs", num_processes=1,
-                   devices_per_process=4) as run:
-        (four,) = worker_output(run.wait(timeout=LAUNCH_TIMEOUT)[0])["runs"]
-    one = train_and_evaluate(quickstart_with(changes), one_dir)  # this process has 1 CPU device
+    (four,), (one,) = (worker_output(reference[d].wait(timeout=LAUNCH_TIMEOUT)[0])["runs"] for d in (4, 1))
     assert one["test/accuracy"] > 0.9  # it learned the task (chance 0.5)
 
     config = quickstart_with(changes)
     built = setup(config)
     template = init_state(built.model, built.tx, built.plateau_tx, built.pipeline.image_shape, config.seed, built.mesh)
+    four_dir, one_dir = root / "reference-4", root / "reference-1"
     for name, run_dir, reference_dir in (("2x2 vs 1x4", workdir, four_dir), ("1x4 vs 1", four_dir, one_dir)):
         assert_same_metrics(read_metrics(run_dir), read_metrics(reference_dir), name)
         (state, steps, best), (reference, reference_steps, reference_best) = (
@@ -217,7 +227,7 @@ def test_queued_collectives_do_not_deadlock_a_small_cpu_machine(tmp_path):
     NPROC=2 gives XLA:CPU the thread pool of a 2-core machine, where it happened; on a bigger one it would hide."""
     argv = lambda i, coordinator: python("-c", QUEUED_COLLECTIVES, coordinator, str(i))  # noqa: E731
     with Processes(argv, tmp_path, NPROC="2") as run:
-        results = run.wait(timeout=300)
+        results = run.wait(timeout=120)  # ~10 s on a loaded 2-core machine; deadlocked, it never ends
     for r in results:
         assert r.returncode == 0 and f"total {100 * 128 * 64}.0" in r.stdout, r.stderr[-3000:]
 
