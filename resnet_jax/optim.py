@@ -28,6 +28,7 @@ def schedule_config() -> ml_collections.ConfigDict:
             scales=(),  # piecewise: multiplicative factors, cumulative (0.1, 0.1 -> 0.1x then 0.01x)
             warmup=0.0,  # length of the warm-up, in `unit`
             warmup_lr=0.0,  # piecewise/constant: a constant rate during warm-up (paper's ResNet-110: 0.01); cosine warms up linearly from 0
+            warmup_linear=False,  # piecewise/constant: rise linearly from warmup_lr to the base rate instead (Goyal et al.)
         )
     )
 
@@ -95,7 +96,11 @@ def make_schedule(config: ml_collections.ConfigDict, base_lr: float, steps_per_e
         raise ValueError(f"unknown schedule {config.name!r}; choose one of {', '.join(SCHEDULES)}")
     if warmup == 0:
         return main
-    return optax.join_schedules([optax.constant_schedule(config.warmup_lr), lambda step: main(step + warmup)], [warmup])
+    if config.warmup_linear:
+        ramp = optax.linear_schedule(config.warmup_lr, base_lr, warmup)
+    else:
+        ramp = optax.constant_schedule(config.warmup_lr)
+    return optax.join_schedules([ramp, lambda step: main(step + warmup)], [warmup])
 
 
 def kernel_mask(params) -> dict:

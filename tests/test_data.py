@@ -157,9 +157,9 @@ BAD_CONFIGS = [
     (dict(pad_to_32=True, image_size=64), "data.pad_to_32 zero-pads .* data.image_size=64 makes them larger"),
     (dict(source="web"), "unknown data.source 'web'; choose one of tfds, idx, cifar, folder"),
     (dict(augment="rotate"), "unknown data.augment 'rotate'; choose one of none, crop"),
-    (dict(normalize="zscore"), "unknown data.normalize 'zscore'; choose one of channel, pixel_mean, none"),
+    (dict(normalize="zscore"), "unknown data.normalize 'zscore'; choose one of channel, pixel_mean, imagenet, none"),
     (dict(in_memory="yes"), "unknown data.in_memory 'yes'"),
-    (dict(in_memory=False), "in_memory=False streams from tfds; source='idx' is read into memory"),
+    (dict(in_memory=False), "in_memory=False streams from tfds or an image folder; source='idx' is read into memory"),
     (dict(name=""), "data.name is empty"),
     (dict(val_sise=5), r"unknown data key\(s\) 'val_sise' \(did you mean 'val_size'\?\)"),
     (dict(path="/no/such/dir"), "data.path='/no/such/dir' does not exist"),
@@ -496,13 +496,13 @@ def test_bad_image_folders_are_named(tmp_path, damage, message):
         load_dataset(config(name="signs", source="folder", path=str(tmp_path)))
 
 
-def write_tfds_metadata(root, name, num_examples):
+def write_tfds_metadata(root, name, num_examples, splits=("train", "test")):
     """The metadata tfds.testing.mock_data needs to know the splits (MockPolicy.USE_FILES)."""
     import tensorflow_datasets as tfds
 
     builder = tfds.builder(name, data_dir=str(root))
     builder.info.set_splits(tfds.core.SplitDict(
-        [tfds.core.SplitInfo(name=s, shard_lengths=[num_examples], num_bytes=0) for s in ("train", "test")]))
+        [tfds.core.SplitInfo(name=s, shard_lengths=[num_examples], num_bytes=0) for s in splits]))
     os.makedirs(builder.data_dir)
     builder.info.write_to_directory(builder.data_dir)
 

@@ -26,8 +26,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--pad-to-32", action="store_true", help="zero-pad 28x28 images to 32x32")
     parser.add_argument("--channels", type=int, default=0, help="3 = repeat a single channel to RGB")
     parser.add_argument("--image-size", type=int, default=0, help="resize to a square of this size")
-    parser.add_argument("--augment", default="crop_flip", choices=augment.AUGMENTATIONS,
-                        help="augmentation shown in the grid (default crop_flip)")
+    parser.add_argument("--augment", default="crop_flip", help="augmentation shown in the grid (default crop_flip)",
+                        choices=[a for a in augment.AUGMENTATIONS if a not in augment.HOST_CROPS])  # on device only
     parser.add_argument("--grid", default="", help="save a PNG of samples per class, raw and augmented")
     parser.add_argument("--per-class", type=int, default=4, help="samples per class in the grid")
     parser.add_argument("--seed", type=int, default=0)

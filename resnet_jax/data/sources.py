@@ -33,6 +33,7 @@ from PIL import Image
 from resnet_jax.data import augment
 
 SOURCES = ("tfds", "idx", "cifar", "folder")
+STREAMED_SOURCES = ("tfds", "folder")  # the sources that in_memory=False (or a host crop) streams from
 
 CLASS_NAMES = {
     "mnist": [str(i) for i in range(10)],
@@ -84,9 +85,13 @@ def default_config() -> ml_collections.ConfigDict:
         "pad_to_32": False,         # zero-pad (28x28) images to 32x32, centred
         "channels": 0,              # 0 = keep; 3 = repeat a single channel to RGB (folders: read every image as RGB)
         "image_size": 0,            # 0 = keep; else resize the shorter side to this and centre-crop a square
-        "augment": "none",          # 'none' | 'crop' | 'flip' | 'crop_flip' | 'shift' | 'shift_flip'
-        "normalize": "channel",     # 'channel' (mean/std per channel) | 'pixel_mean' (Keras seed) | 'none' (x/255)
-        "in_memory": config_dict.FieldReference("auto", field_type=object),  # 'auto' | True | False
+        "eval_crop": 1.0,           # streamed: evaluate on the centred eval_crop x shorter side (ImageNet 0.875 = 224/256)
+        "augment": "none",          # 'none' | 'crop' | 'flip' | 'crop_flip' | 'shift' | 'shift_flip' (on device) |
+                                    # 'inception_crop_flip' (streamed: random-resized crop on the host, flip on device)
+        "normalize": "channel",     # 'channel' (mean/std per channel) | 'pixel_mean' (Keras seed) | 'imagenet'
+                                    # (torchvision's RGB mean/std) | 'none' (x/255)
+        "in_memory": config_dict.FieldReference("auto", field_type=object),  # 'auto' | True | False (stream: tfds, folder)
+        "workers": 0,               # streamed folders: decoding threads per process; 0 = one per CPU core
         "eval_batch_size": 0,       # 0 = the train batch size
         "train_subset": 0,          # 0 = all; else the first N training images
         "classes": (),              # () = all; else keep these labels only, relabelled 0..k-1 in this order
@@ -126,8 +131,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             raise ValueError(f"unknown data.{key} {config[key]!r}; choose one of {', '.join(allowed)}")
     if not (config.in_memory == "auto" or isinstance(config.in_memory, bool)):
         raise ValueError(f"unknown data.in_memory {config.in_memory!r}; choose one of 'auto', True, False")
-    for key in ("num_classes", "val_size", "train_subset", "image_size", "eval_batch_size", "train_per_class",
-                "subset_seed"):
+    for key in ("num_classes", "val_size", "train_subset", "image_size", "eval_batch_size", "workers",
+                "train_per_class", "subset_seed"):
         value = config[key]
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"data.{key}={value!r} must be a whole number >= 0 (0 keeps the default: see "
@@ -143,9 +148,23 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     if config.pad_to_32 and config.image_size > 32:
         raise ValueError(f"data.pad_to_32 zero-pads images up to 32x32, but data.image_size={config.image_size} "
                          "makes them larger: use one of the two")
-    if config.in_memory is False and config.source != "tfds":
-        raise ValueError(f"in_memory=False streams from tfds; source={config.source!r} is read into memory "
-                         "(use in_memory='auto')")
+    if not isinstance(config.eval_crop, (int, float)) or not 0 < config.eval_crop <= 1:
+        raise ValueError(f"data.eval_crop={config.eval_crop!r} must be a fraction in (0, 1]: the share of the shorter "
+                         "side kept by the centred evaluation crop (ImageNet: 0.875 = 224/256; 1 = all of it)")
+    if config.in_memory is False and config.source not in STREAMED_SOURCES:
+        raise ValueError(f"in_memory=False streams from tfds or an image folder; source={config.source!r} is read into "
+                         "memory (use in_memory='auto')")
+    crops = [f"augment={config.augment!r}"] * (config.augment in augment.HOST_CROPS) + [
+        f"eval_crop={config.eval_crop}"] * (config.eval_crop != 1)
+    if crops and (config.source not in STREAMED_SOURCES or config.in_memory is True):
+        raise ValueError(f"data.{' and '.join(crops)} crops the full-size images as they are streamed: use "
+                         f"source='tfds' or 'folder' with in_memory='auto' or False (not source={config.source!r}, "
+                         f"in_memory={config.in_memory!r})")
+    if crops and not config.image_size:
+        raise ValueError(f"data.{' and '.join(crops)} needs data.image_size, the size of the crops (224 for ImageNet)")
+    if config.source == "folder" and config.in_memory is False and not config.image_size:
+        raise ValueError("a streamed image folder needs data.image_size, the size its images are cropped to "
+                         "(224 for ImageNet)")
     _validate_source(config)
 
 
@@ -302,8 +321,8 @@ class TfdsSource:
     def num_examples(self, split: str) -> int:
         return self.builder.info.splits[split].num_examples
 
-    def read(self, split: str, image_size: int, shuffle_seed: int | None = None):
-        """(uint8 image, int32 label) examples of a tfds split string such as 'train[0:58000]'.
+    def records(self, split: str, shuffle_seed: int | None = None):
+        """(encoded image, int32 label) examples of a tfds split string such as 'train[0:58000]', not decoded.
 
         In stored order, unless shuffle_seed is given: then the files, and a buffer of examples (still encoded,
         so that the buffer stays small), are shuffled with that seed.
@@ -316,15 +335,19 @@ class TfdsSource:
                                      decoders={self.image_key: tfds.decode.SkipDecoding()})
         if shuffle_seed is not None:
             ds = ds.shuffle(SHUFFLE_BUFFER, seed=shuffle_seed)
-        image_feature = self.builder.info.features[self.image_key]
+        return ds.map(lambda example: (example[self.image_key], tf.cast(example[self.label_key], tf.int32)))
 
-        def convert(example):
-            image = image_feature.decode_example(example[self.image_key])
-            if image_size:
-                image = resize(image, image_size)
-            return image, tf.cast(example[self.label_key], tf.int32)
+    def decode(self, encoded, image_size: int):
+        """One encoded image as uint8, resized to image_size if set (imagenet.tf_crop decodes a crop instead)."""
+        image = self.builder.info.features[self.image_key].decode_example(encoded)
+        return resize(image, image_size) if image_size else image
 
-        return ds.map(convert, num_parallel_calls=tf.data.AUTOTUNE)
+    def read(self, split: str, image_size: int):
+        """(uint8 image, int32 label) examples of a tfds split string, in stored order, decoded."""
+        import tensorflow as tf
+
+        return self.records(split).map(lambda image, label: (self.decode(image, image_size), label),
+                                       num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def open_tfds(config: ml_collections.ConfigDict) -> TfdsSource:
@@ -616,30 +639,38 @@ def _cifar_files(root: Path, folder: str, archive: str, meta: str):
 # --- image folders ---------------------------------------------------------------------------------------
 
 
-def _read_folder(config):
-    """<path>/<split>/<class>/<image>.png|jpg with split in train, val, test (tfds' ImageFolder layout).
+def folder_examples(root: Path) -> tuple[dict[str, tuple[list[Path], np.ndarray]], list[str]]:
+    """split -> (image paths, int32 labels) of <root>/<split>/<class>/<image>.png|jpg, and the class names.
 
-    Classes are the sorted class folder names of train; examples come in tfds ImageFolder's order. Grayscale
-    images give one channel, colour ones three (data.channels=3: all three); all must share one shape.
+    Splits are train, val, test (tfds' ImageFolder layout); classes are the sorted class folder names of train;
+    examples come in tfds ImageFolder's order. Nothing is decoded: only names are read.
     """
-    root = Path(config.path)
     found = sorted(p.name for p in _visible(root) if p.is_dir())
     if "train" not in found or set(found) - set(FOLDER_SPLITS):
         raise DataError(f"{root} holds split folders {found}; expected {FOLDER_LAYOUT}")
     examples = {split: _folder_examples(root / split) for split in found}
     class_names = sorted({label for _, label in examples["train"]})
+    index = {name: i for i, name in enumerate(class_names)}
     for split, items in examples.items():
         missing = sorted({label for _, label in items} - set(class_names))
         if missing:
             raise DataError(f"{root / split} has class folder(s) {missing} that {root / 'train'} lacks: the model "
                             "cannot learn a class it never sees; add its train images or remove the folder")
-    paths = [path for items in examples.values() for path, _ in items]
+    return {split: ([path for path, _ in items], np.array([index[label] for _, label in items], np.int32))
+            for split, items in examples.items()}, class_names
+
+
+def _read_folder(config):
+    """An image folder (folder_examples) decoded into memory. Grayscale images give one channel, colour ones three
+    (data.channels=3: all three); all must share one shape."""
+    root = Path(config.path)
+    examples, class_names = folder_examples(root)
+    paths = [path for split_paths, _ in examples.values() for path in split_paths]
     images = _parallel_stack(lambda path: _decode_image(path, config.channels == 3, config.image_size), paths)
     splits, start = {}, 0
-    for split, items in examples.items():
-        labels = np.array([class_names.index(label) for _, label in items], np.int32)
-        splits[split] = images[start:start + len(items)], labels
-        start += len(items)
+    for split, (split_paths, labels) in examples.items():
+        splits[split] = images[start:start + len(split_paths)], labels
+        start += len(split_paths)
     return splits, class_names, f"image folder {root}"
 
 
@@ -670,15 +701,21 @@ def _folder_examples(split_dir: Path) -> list[tuple[Path, str]]:
     return examples
 
 
-def _decode_image(path: Path, rgb: bool, size: int) -> np.ndarray:
-    """One image file as uint8 HWC: grayscale as one channel (unless rgb), colour as RGB; resized if size."""
+@contextlib.contextmanager
+def reading_image(path: Path):
+    """PIL's errors for a file that is not a readable image, raised as a DataError naming the file and the fix."""
     try:
-        with Image.open(path) as image:
-            mode = image.mode
-            array = np.asarray(image.convert("RGB" if rgb or mode in COLOUR_MODES else "L")) if (
-                mode in GRAY_MODES + COLOUR_MODES) else None
+        yield
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise DataError(f"{path} could not be read as an image ({type(e).__name__}: {e}); replace or remove it") from e
+
+
+def _decode_image(path: Path, rgb: bool, size: int) -> np.ndarray:
+    """One image file as uint8 HWC: grayscale as one channel (unless rgb), colour as RGB; resized if size."""
+    with reading_image(path), Image.open(path) as image:
+        mode = image.mode
+        array = np.asarray(image.convert("RGB" if rgb or mode in COLOUR_MODES else "L")) if (
+            mode in GRAY_MODES + COLOUR_MODES) else None
     if array is None:
         raise DataError(f"{path} has PIL mode {mode!r} (16-bit or float pixels); only 8-bit images are read: "
                         "convert it to 8-bit")
