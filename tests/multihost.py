@@ -4,8 +4,9 @@
         results = run.wait(timeout=300)   # or run.kill(1) first
 
 Each process gets its own forced CPU devices (JAX_PLATFORMS=cpu) and any extra environment variables, stdout and
-stderr in files under `logs`, and the coordinator address 127.0.0.1:<free port>. A process that outlives the test is SIGKILLed (a multi-process JAX
-program catches SIGTERM for its preemption service), so a hang fails the test instead of stalling it.
+stderr in files under `logs`, and the coordinator address 127.0.0.1:<free port>. A process that outlives the test is
+SIGKILLed (a multi-process JAX program catches SIGTERM for its preemption service), so a hang fails the test instead
+of stalling it.
 """
 
 import dataclasses
