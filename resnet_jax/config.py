@@ -24,7 +24,7 @@ def default_config() -> ml_collections.ConfigDict:
             zero_init_residual=False,
             bn_momentum=0.9,  # running-average decay; PyTorch's momentum 0.1 == 0.9 here, Keras' default is 0.99
             bn_epsilon=1e-5,  # PyTorch 1e-5, Keras 1e-3
-            dtype="float32",  # compute dtype: 'float32' | 'bfloat16'; params and BN statistics stay float32
+            dtype="float32",  # compute: 'float32' | 'bfloat16' | 'float16' (dynamic loss scaling); params, BN statistics stay float32
         )
     )
     c.data = data_lib.default_config()

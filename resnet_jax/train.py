@@ -29,6 +29,7 @@ from ml_collections import config_flags
 from tqdm import tqdm
 
 from resnet_jax import data as data_lib
+from resnet_jax import loss_scale as loss_scaling
 from resnet_jax import optim
 from resnet_jax.checkpoints import Checkpoints
 from resnet_jax.diagnostics import diagnostics_fn, update_ratio_metrics
@@ -53,6 +54,7 @@ class TrainState(struct.PyTreeNode):
     batch_stats: Any
     opt_state: Any
     plateau: Any  # optax.contrib ReduceLROnPlateauState; .scale multiplies the learning rate
+    loss_scale: Any = None  # float16 compute: flax DynamicScale (resnet_jax.loss_scale); otherwise None
 
 
 def build_model(config: ml_collections.ConfigDict, num_classes: int) -> ResNet:
@@ -74,14 +76,21 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int) -> ResNet:
 
 
 def train_step(state: TrainState, batch: dict, model: ResNet, tx: optax.GradientTransformation, label_smoothing: float = 0.0):
-    """One optimizer step on a global batch; returns the new state and the batch's mean metrics."""
+    """One optimizer step on a global batch; returns the new state and the batch's mean metrics.
+
+    With a loss scale (float16), a step whose gradients overflow changes only the step counter and the scale;
+    metrics then include the scale and `overflow` (1 for a skipped step).
+    """
+    if state.loss_scale is None and jnp.dtype(model.dtype) == jnp.float16:
+        raise ValueError("float16 compute needs dynamic loss scaling: create the state with "
+                         "loss_scale=resnet_jax.loss_scale.for_dtype(jnp.float16) (init_state does), or use bfloat16")
 
     def loss_fn(params):
         variables = {"params": params, "batch_stats": state.batch_stats}
         logits, updates = model.apply(variables, batch["image"], train=True, mutable=["batch_stats"])
         return cross_entropy(logits, batch["label"], label_smoothing).mean(), (logits, updates["batch_stats"])
 
-    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    loss_scale, finite, (loss, (logits, batch_stats)), grads = loss_scaling.value_and_grad(loss_fn, state.loss_scale, state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     updates = jax.tree.map(lambda u: u * state.plateau.scale, updates)
     new_state = state.replace(
@@ -95,6 +104,10 @@ def train_step(state: TrainState, batch: dict, model: ResNet, tx: optax.Gradient
         "accuracy": top_k_correct(logits, batch["label"], 1).mean(),
         "top5": top_k_correct(logits, batch["label"], 5).mean(),
     }
+    if loss_scale is not None:
+        new_state = loss_scaling.keep_if_finite(finite, new_state, state.replace(step=new_state.step))
+        new_state = new_state.replace(loss_scale=loss_scale)
+        metrics |= {"loss_scale": loss_scale.scale, "overflow": 1.0 - finite.astype(jnp.float32)}
     return new_state, metrics
 
 
@@ -159,20 +172,24 @@ def setup(config: ml_collections.ConfigDict) -> Run:
 
 
 def create_train_state(variables: dict, tx: optax.GradientTransformation,
-                       plateau_tx: optax.GradientTransformationExtraArgs | None = None) -> TrainState:
-    """A step-0 TrainState around model variables; without plateau_tx, a plateau whose scale stays 1."""
+                       plateau_tx: optax.GradientTransformationExtraArgs | None = None, loss_scale: Any = None) -> TrainState:
+    """A step-0 TrainState around model variables; without plateau_tx, a plateau whose scale stays 1.
+
+    loss_scale: resnet_jax.loss_scale.for_dtype(model.dtype), required for float16 compute.
+    """
     plateau_tx = plateau_tx or optax.contrib.reduce_on_plateau()
     params = variables["params"]
-    return TrainState(jnp.zeros((), jnp.int32), params, variables["batch_stats"], tx.init(params), plateau_tx.init(params))
+    return TrainState(jnp.zeros((), jnp.int32), params, variables["batch_stats"], tx.init(params), plateau_tx.init(params),
+                      loss_scale)
 
 
 def init_state(model: ResNet, tx: optax.GradientTransformation, plateau_tx: optax.GradientTransformationExtraArgs,
                image_shape: tuple[int, ...], seed: int, mesh: jax.sharding.Mesh) -> TrainState:
-    """A fresh TrainState, created directly with replicated sharding on the mesh."""
+    """A fresh TrainState, created directly with replicated sharding on the mesh (with a loss scale for float16)."""
 
     def init():
         variables = model.init(jax.random.key(seed), jnp.zeros((1, *image_shape), jnp.float32), train=False)
-        return create_train_state(variables, tx, plateau_tx)
+        return create_train_state(variables, tx, plateau_tx, loss_scaling.for_dtype(model.dtype))
 
     return jax.jit(init, out_shardings=NamedSharding(mesh, P()))()
 
