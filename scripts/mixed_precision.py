@@ -32,10 +32,10 @@ def run(root: Path, dtype: str, seed: int, epochs: int) -> dict:
         return json.loads((workdir / STATUS).read_text())
     config = get_config()
     config.model.dtype, config.seed, config.num_epochs = dtype, seed, epochs
-    t0 = time.perf_counter()
+    started, t0 = provenance(), time.perf_counter()
     record = train_and_evaluate(config, workdir)
     result = {"dtype": dtype, "seed": seed, "epochs": epochs, "seconds": time.perf_counter() - t0,
-              **{k: record[k] for k in REPORTED}, "provenance": provenance()}
+              **{k: record[k] for k in REPORTED}, "provenance": started}
     (workdir / STATUS).write_text(json.dumps(result, indent=1) + "\n")
     return result
 
