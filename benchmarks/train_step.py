@@ -2,6 +2,7 @@
 
     python benchmarks/train_step.py [--model resnet20|resnet56] [--batch-size 128] [--repeats 10]
                                     [--steps-per-repeat 5] [--no-compile] [--compile-timeout 180] [--no-check]
+                                    [--xla-cpu-defaults]
 
 A step is forward, cross-entropy, backward, SGD with momentum 0.9 and L2 weight decay 1e-4 on conv and
 dense kernels (the repo's default recipe), and the BatchNorm running-statistics update, on one fixed
@@ -32,14 +33,24 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
+if __name__ == "__main__":
+    # On a shared CPU, OpenMP's default spin-waiting makes torch collapse (38 vs ~210 images/s measured here
+    # for resnet20 at load 3 on 2 cores); passive waiting lets it degrade as JAX's thread pool does. OpenMP reads
+    # it when torch loads, just below.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+try:  # torch's triton must load before TensorFlow (which resnet_jax.train's data imports): the other order segfaults
+    import torch._dynamo  # noqa: F401
+except ImportError:
+    pass
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from resnet_jax import create_model
+from jax import lax
+
+from resnet_jax import create_model, optim, xla_cpu
 from resnet_jax.provenance import cpu_model, provenance
-from resnet_jax import optim
 from resnet_jax.summary import count_params
 from resnet_jax.train import create_train_state, train_step
 
@@ -78,15 +89,23 @@ def jax_optimizer() -> optax.GradientTransformation:
     return optim.make_optimizer(config, optax.constant_schedule(LEARNING_RATE))
 
 
-def jax_step_fn(model_name: str, dtype: Any = jnp.float32) -> tuple[Any, Callable, optax.GradientTransformation]:
-    """The Flax model, resnet_jax.train.train_step jitted with the state donated, and its optimizer."""
-    model, tx = create_model(model_name, NUM_CLASSES, dtype=dtype, param_dtype=dtype), jax_optimizer()
-    return model, jax.jit(partial(train_step, model=model, tx=tx), donate_argnums=0), tx
+def jax_step_fn(model_name: str, dtype: Any = jnp.float32, plain_conv: bool = False,
+                xla_default_options: bool = False) -> tuple[Any, Callable, optax.GradientTransformation]:
+    """The Flax model, resnet_jax.train.train_step jitted with the state donated (and resnet_jax.xla_cpu's compiler
+    options, as train.compile_steps does), and its optimizer. plain_conv: lax.conv_general_dilated instead of the
+    model's default conv; xla_default_options: XLA's own compiler defaults (both: the step before resnet_jax.xla_cpu)."""
+    overrides = {"conv_general_dilated": lax.conv_general_dilated} if plain_conv else {}
+    model = create_model(model_name, NUM_CLASSES, dtype=dtype, param_dtype=dtype, **overrides)
+    options = None if xla_default_options else xla_cpu.compiler_options(jax.devices()[0].platform)
+    tx = jax_optimizer()
+    return model, jax.jit(partial(train_step, model=model, tx=tx), donate_argnums=0, compiler_options=options), tx
 
 
-def make_jax_runner(model_name: str, batch_size: int, seed: int = 0) -> Runner:
-    """resnet_jax's train_step, jitted and donated, compiled by a first step on a fixed random batch."""
-    model, step, tx = jax_step_fn(model_name)
+def make_jax_runner(model_name: str, batch_size: int, seed: int = 0, **variant: bool) -> Runner:
+    """resnet_jax's train_step, jitted and donated, compiled by a first step on a fixed random batch.
+
+    variant: jax_step_fn's plain_conv / xla_default_options."""
+    model, step, tx = jax_step_fn(model_name, **variant)
     images, labels = random_batch(batch_size, seed)
     batch = {"image": jnp.asarray(images), "label": jnp.asarray(labels)}
     state = create_train_state(model.init(jax.random.key(seed), batch["image"][:1]), tx)
@@ -382,6 +401,8 @@ def main() -> None:
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile")
     parser.add_argument("--compile-timeout", type=float, default=180.0, help="give up on torch.compile after this many s")
     parser.add_argument("--no-check", action="store_true", help="skip the Flax-vs-torch output equivalence check")
+    parser.add_argument("--xla-cpu-defaults", action="store_true",
+                        help="time JAX as before resnet_jax.xla_cpu: lax's conv and XLA's default compiler options")
     args = parser.parse_args()
 
     jax.config.update("jax_platforms", "cpu")  # both frameworks on the host CPU
@@ -401,7 +422,8 @@ def main() -> None:
         print(f"outputs ({'OK' if equivalence['ok'] else 'MISMATCH'}), max relative differences: "
               + ", ".join(f"{k} {v:.1e}" for k, v in equivalence["max_rel_diff"].items()), flush=True)
 
-    runners = [make_jax_runner(args.model, args.batch_size), make_torch_runner(args.model, args.batch_size)]
+    before = dict(plain_conv=True, xla_default_options=True) if args.xla_cpu_defaults else {}
+    runners = [make_jax_runner(args.model, args.batch_size, **before), make_torch_runner(args.model, args.batch_size)]
     compile_status = "skipped (--no-compile)"
     if not args.no_compile:
         try:
@@ -425,6 +447,8 @@ def main() -> None:
         "batch_size": args.batch_size,
         "image_shape": [32, 32, 3],
         "dtype": "float32",
+        "jax_variant": "xla_cpu_defaults" if args.xla_cpu_defaults else "resnet_jax.xla_cpu (materialised conv inputs, "
+                       f"compiler options {xla_cpu.compiler_options('cpu')})",
         "repeats": args.repeats,
         "steps_per_repeat": args.steps_per_repeat,
         "step": f"forward, cross-entropy, backward, SGD lr {LEARNING_RATE} momentum {MOMENTUM} + L2 {WEIGHT_DECAY} "
@@ -439,15 +463,13 @@ def main() -> None:
         "ratios": ratios,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"train_step-{env['date'][:10]}-{device_slug(env)}-{args.model}-b{args.batch_size}.json"
+    suffix = "-xla-cpu-defaults" if args.xla_cpu_defaults else ""
+    path = RESULTS / f"train_step-{env['date'][:10]}-{device_slug(env)}-{args.model}-b{args.batch_size}{suffix}.json"
     path.write_text(json.dumps(record, indent=2) + "\n")
     print(f"\nwrote {path}")
 
 
 if __name__ == "__main__":
-    # On a shared CPU, OpenMP's default spin-waiting makes torch collapse (38 vs ~210 images/s measured here
-    # for resnet20 at load 3 on 2 cores); passive waiting lets it degrade as JAX's thread pool does.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     with tempfile.TemporaryDirectory(prefix="torchinductor-", ignore_cleanup_errors=True) as cache:
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", cache)  # a cold cache: compile time as a first run sees it
         main()

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from resnet_jax import data as data_lib
 from resnet_jax import loss_scale as loss_scaling
-from resnet_jax import optim
+from resnet_jax import optim, xla_cpu
 from resnet_jax.checkpoints import Checkpoints
 from resnet_jax.diagnostics import diagnostics_fn, update_ratio_metrics
 from resnet_jax.losses import cross_entropy, top_k_correct
@@ -195,15 +195,19 @@ def init_state(model: ResNet, tx: optax.GradientTransformation, plateau_tx: opta
 
 
 def compile_steps(model: ResNet, tx: optax.GradientTransformation, mesh: jax.sharding.Mesh, label_smoothing: float = 0.0):
-    """train_step and eval_step jitted for the mesh: state replicated, batch sharded along 'data', state donated."""
+    """train_step and eval_step jitted for the mesh: state replicated, batch sharded along 'data', state donated
+    (with resnet_jax.xla_cpu's compiler options on CPU)."""
     replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+    options = xla_cpu.compiler_options(mesh.devices.flat[0].platform)
     train = jax.jit(
         partial(train_step, model=model, tx=tx, label_smoothing=label_smoothing),
         in_shardings=(replicated, sharded),
         out_shardings=(replicated, replicated),
         donate_argnums=0,
+        compiler_options=options,
     )
-    evaluate = jax.jit(partial(eval_step, model=model), in_shardings=(replicated, sharded), out_shardings=replicated)
+    evaluate = jax.jit(partial(eval_step, model=model), in_shardings=(replicated, sharded), out_shardings=replicated,
+                       compiler_options=options)
     return train, evaluate
 
 
