@@ -15,7 +15,6 @@ machine the CPU time is far less sensitive to other load. Results go to benchmar
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import statistics
@@ -35,6 +34,7 @@ from jax import lax
 
 import train_step as bench
 from resnet_jax import create_model, xla_cpu
+from resnet_jax.provenance import device_slug
 
 # resnet20's convs at batch 128: (height = width, in channels, out channels, stride) and how many of each.
 RESNET20_CONVS = [(32, 3, 16, 1, 1), (32, 16, 16, 1, 6), (32, 16, 32, 2, 1), (16, 32, 32, 1, 5), (16, 32, 64, 2, 1),
@@ -131,7 +131,7 @@ def forward_runner(model_name: str, batch_size: int, plain: bool) -> Callable[[]
     """The train-mode forward pass alone (BN statistics updated), before (plain) or after resnet_jax.xla_cpu."""
     overrides = {"conv_general_dilated": lax.conv_general_dilated} if plain else {}
     model = create_model(model_name, bench.NUM_CLASSES, **overrides)
-    images, _ = bench.random_batch(batch_size)
+    images, _ = bench.random_batch(bench.Case(model_name, batch_size))
     x = jnp.asarray(images)
     variables = model.init(jax.random.key(0), x[:1])
     apply = jax.jit(partial(model.apply, train=True, mutable=["batch_stats"]),
@@ -148,9 +148,9 @@ def step(args: argparse.Namespace) -> dict:
         "jax: materialising conv, xla default options": dict(xla_default_options=True),
         "jax: materialising conv, xla_cpu options (after)": {},
     }
-    runners = [dataclasses.replace(bench.make_jax_runner(args.model, args.batch_size, **v), name=name)
-               for name, v in variants.items()]
-    runners.append(bench.make_torch_runner(args.model, args.batch_size))
+    case = bench.Case(args.model, args.batch_size)
+    runners = [bench.make_jax_runner(case, name=name, **v) for name, v in variants.items()]
+    runners.append(bench.make_torch_runner(case))
     fns = {r.name: partial(r.run, args.steps_per_repeat) for r in runners}
     for name, plain in (("jax forward only (before)", True), ("jax forward only (after)", False)):
         forward = forward_runner(args.model, args.batch_size, plain)
@@ -175,10 +175,10 @@ def main() -> None:
     args = parser.parse_args()
     jax.config.update("jax_platforms", "cpu")
     torch.set_num_threads(os.cpu_count())
-    record = {**bench.environment(), "benchmark": f"cpu_gap {args.mode}", "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+    record = {**bench.environment(), "benchmark": f"cpu_gap {args.mode}",
               "xla_cpu_compiler_options": xla_cpu.compiler_options("cpu"), **(layers if args.mode == "layers" else step)(args)}
     bench.RESULTS.mkdir(parents=True, exist_ok=True)
-    path = bench.RESULTS / f"cpu_gap-{args.mode}-{record['date'][:10]}-{bench.device_slug(record)}.json"
+    path = bench.RESULTS / f"cpu_gap-{args.mode}-{record['date'][:10]}-{device_slug()}.json"
     path.write_text(json.dumps(record, indent=1) + "\n")
     print(f"wrote {path}")
 

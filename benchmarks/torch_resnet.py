@@ -83,11 +83,6 @@ def create_model(name: str, num_classes: int = 10) -> CifarResNet:
     return CifarResNet(int(name[6:]), num_classes)
 
 
-def num_params(model: nn.Module) -> int:
-    """Trainable parameters (BN running statistics excluded, as Flax keeps them in batch_stats)."""
-    return sum(p.numel() for p in model.parameters())
-
-
 def flax_to_torch_names(model: CifarResNet) -> dict[str, tuple[str, ...]]:
     """torch state_dict key -> (collection, *path) of the matching Flax variable."""
     names = {}

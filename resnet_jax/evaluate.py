@@ -1,5 +1,7 @@
 """Evaluate a run's best or latest checkpoint on chosen splits, with the data and model of its saved config.
 
+Read-only: a damaged checkpoint is reported and the next intact one ('latest': newest, 'best': next best) is used.
+
     python -m resnet_jax.evaluate --workdir runs/quickstart [--checkpoint best|latest] [--split test --split val]
 """
 
@@ -7,9 +9,8 @@ import argparse
 import json
 from pathlib import Path
 
-import ml_collections
-
 from resnet_jax.checkpoints import Checkpoints
+from resnet_jax.config import default_config
 from resnet_jax.train import compile_steps, evaluate_split, init_state, setup
 
 
@@ -19,20 +20,21 @@ def evaluate_run(workdir: str | Path, which: str = "best", splits: tuple[str, ..
     saved = workdir / "config.json"
     if not saved.exists():
         raise FileNotFoundError(f"{saved} not found: --workdir must be a directory written by python -m resnet_jax.train")
-    config = ml_collections.ConfigDict(json.loads(saved.read_text()))
+    config = default_config()  # keys added since the run was made keep their defaults
+    config.update(json.loads(saved.read_text()))
     run = setup(config)
     missing = [s for s in splits if s not in run.pipeline.split_sizes]
     if missing:
         raise ValueError(f"split(s) {missing} not in this run's data (it has {sorted(run.pipeline.split_sizes)})")
     state = init_state(run.model, run.tx, run.plateau_tx, run.pipeline.image_shape, config.seed, run.mesh)
-    checkpoints = Checkpoints(workdir)
+    checkpoints = Checkpoints(workdir, best_metric=run.best_metric, read_only=True)
     restored = checkpoints.restore(state, which)
     checkpoints.close()
     if restored is None:
         raise FileNotFoundError(f"no {which} checkpoint in {workdir}; train first, or use --checkpoint latest")
     state, info = restored
     _, eval_fn = compile_steps(run.model, run.tx, run.mesh)
-    results = {"step": int(state.step), "epoch": info.get("epoch")}
+    results = {"step": int(state.step), "epoch": info.get("epoch")}  # the restored checkpoint's own epoch
     for split in splits:
         results.update(evaluate_split(eval_fn, state, run.pipeline, split))
     return results
@@ -46,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         results = evaluate_run(args.workdir, args.checkpoint, tuple(args.split or ["test"]))
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError) as e:  # ConfigError and CheckpointError are ValueErrors
         parser.error(str(e))
     print(json.dumps(results))
 

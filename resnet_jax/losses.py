@@ -1,8 +1,15 @@
-"""The training loss and the accuracy counts, shared by the train/eval steps and the diagnostics."""
+"""The training loss and the accuracy counts, shared by the train/eval steps and the diagnostics, and their names."""
 
 import jax
 import jax.numpy as jnp
 import optax
+
+EVAL_METRICS = ("loss", "accuracy", "top5")  # what an evaluation reports for each split: 'val/accuracy', ...
+
+
+def higher_is_better(metric: str) -> bool:
+    """Accuracies improve upwards, losses downwards (for the best checkpoint and the plateau)."""
+    return not metric.endswith("loss")
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:

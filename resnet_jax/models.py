@@ -8,16 +8,24 @@ Shortcuts: 'A' strided identity with zero-padded channels (no parameters), 'B' p
 the shape changes, 'C' projection everywhere. `residual=False` drops the addition (and so every
 shortcut parameter) and gives the plain network of the same layers, for ablations.
 
-Padding is explicit and symmetric, as in torchvision and Keras, so imported weights reproduce their
-outputs; any input size works.
+Padding is explicit and symmetric by default, as in torchvision and Keras applications; any input size works.
+The layout options (inner widths, conv biases, TF 'same' padding, where a stage strides, ...) express the other
+frameworks' ResNets exactly, so their weights (`resnet_jax.pretrained`) reproduce their outputs.
+
+For transfer learning the head is configurable (pooling, hidden layers, dropout: `Head`), the first K stages
+(stem = stage 0) can run BatchNorm on their running statistics even in training (`frozen_bn_stages`, Keras'
+trainable=False), and the backbone's output is sown as features/backbone for feature caching.
 """
 
+import re
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
+from jax import lax
 
 from resnet_jax import xla_cpu
 
@@ -25,12 +33,15 @@ ModuleDef = Any
 
 # torchvision's kaiming_normal_(mode="fan_out", nonlinearity="relu"), the He et al. initialisation.
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+# Keras' he_normal (truncated normal, fan_in), which the Keras seed uses for convs and the classifier.
+keras_he_normal = nn.initializers.he_normal()
 
 
 def needs_projection(x: jnp.ndarray, filters: int, strides: int, shortcut: str) -> bool:
     """Whether the shortcut of a block mapping `x` to `filters` channels is a projection."""
-    changes_shape = strides != 1 or x.shape[-1] != filters
-    return shortcut == "C" or (shortcut == "B" and changes_shape)
+    changes_channels = x.shape[-1] != filters
+    changes_shape = strides != 1 or changes_channels
+    return shortcut == "C" or (shortcut == "B" and changes_shape) or (shortcut == "B-channels" and changes_channels)
 
 
 def zero_pad_shortcut(x: jnp.ndarray, filters: int, strides: int) -> jnp.ndarray:
@@ -40,6 +51,13 @@ def zero_pad_shortcut(x: jnp.ndarray, filters: int, strides: int) -> jnp.ndarray
     if extra < 0:
         raise ValueError(f"option-A shortcut cannot reduce channels ({x.shape[-1]} -> {filters}); use shortcut='B'")
     return jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, extra)))
+
+
+def identity_shortcut(block: nn.Module, x: jnp.ndarray, out: int) -> jnp.ndarray:
+    """A parameter-free shortcut: option A's zero padding, B-channels' strided identity, or the identity."""
+    if block.shortcut in ("A", "B-channels"):
+        return zero_pad_shortcut(x, out, block.strides)
+    return x
 
 
 class Block(nn.Module):
@@ -54,10 +72,15 @@ class Block(nn.Module):
     residual: bool = True
 
 
-class BasicBlock(Block):
-    """Two 3x3 convs, post-activation (v1): conv-BN-ReLU, conv-BN, add, ReLU."""
+class PostActBlock(Block):
+    """v1/v1.5 blocks: the last BN may start at zero; the projection shortcut may have a BN (projection_norm)."""
 
     zero_init_last: bool = False
+    projection_norm: bool = True
+
+
+class BasicBlock(PostActBlock):
+    """Two 3x3 convs, post-activation (v1): conv-BN-ReLU, conv-BN, add, ReLU."""
 
     @nn.compact
     def __call__(self, x):
@@ -69,18 +92,19 @@ class BasicBlock(Block):
         return self.act(y)
 
 
-class BottleneckBlock(Block):
-    """1x1 (reduce), 3x3, 1x1 (expand x4), post-activation. v1.5 strides the 3x3, v1 the first 1x1."""
+class BottleneckBlock(PostActBlock):
+    """1x1 (reduce to `inner`), 3x3, 1x1 (expand to filters x4), post-activation. v1.5 strides the 3x3, v1 the first 1x1."""
 
-    zero_init_last: bool = False
     stride_on_3x3: bool = True
+    inner: int = 0  # 0 = filters; torchvision's wide ResNets double it
     expansion = 4
 
     @nn.compact
     def __call__(self, x):
         s1, s3 = (1, self.strides) if self.stride_on_3x3 else (self.strides, 1)
-        y = self.act(self.norm()(self.conv(self.filters, (1, 1), s1)(x)))
-        y = self.act(self.norm()(self.conv(self.filters, (3, 3), s3)(y)))
+        inner = self.inner or self.filters
+        y = self.act(self.norm()(self.conv(inner, (1, 1), s1)(x)))
+        y = self.act(self.norm()(self.conv(inner, (3, 3), s3)(y)))
         y = self.conv(self.filters * self.expansion, (1, 1))(y)
         y = self.norm(scale_init=nn.initializers.zeros if self.zero_init_last else nn.initializers.ones)(y)
         if self.residual:
@@ -88,63 +112,140 @@ class BottleneckBlock(Block):
         return self.act(y)
 
 
-def post_activation_shortcut(block: nn.Module, x: jnp.ndarray, out: int) -> jnp.ndarray:
-    """The v1 shortcut: identity, option-A zero padding, or 1x1 conv + BN projection."""
+def post_activation_shortcut(block: PostActBlock, x: jnp.ndarray, out: int) -> jnp.ndarray:
+    """The v1 shortcut: identity, option-A zero padding, or a 1x1 conv projection (+ BN unless projection_norm=False)."""
     if needs_projection(x, out, block.strides, block.shortcut):
-        return block.norm(name="shortcut_norm")(block.conv(out, (1, 1), block.strides, name="shortcut_conv")(x))
-    if block.shortcut == "A":
-        return zero_pad_shortcut(x, out, block.strides)
-    return x
+        y = block.conv(out, (1, 1), block.strides, normalized=block.projection_norm, name="shortcut_conv")(x)
+        return block.norm(name="shortcut_norm")(y) if block.projection_norm else y
+    return identity_shortcut(block, x, out)
 
 
-class PreActBasicBlock(Block):
+class PreActBlock(Block):
+    """v2 blocks: the projection reads the pre-activation ('preact') or the raw block input ('input');
+    `preactivated` skips the block's own BN-ReLU when the stem has just applied one."""
+
+    projection_from: str = "preact"
+    preactivated: bool = False
+
+
+def pre_activation(block: PreActBlock, x: jnp.ndarray) -> jnp.ndarray:
+    return x if block.preactivated else block.act(block.norm()(x))
+
+
+class PreActBasicBlock(PreActBlock):
     """Two 3x3 convs, pre-activation (v2): BN-ReLU-conv, BN-ReLU-conv, add (no ReLU after)."""
 
     @nn.compact
     def __call__(self, x):
-        pre = self.act(self.norm()(x))
+        pre = pre_activation(self, x)
         y = self.conv(self.filters, (3, 3), self.strides)(pre)
-        y = self.conv(self.filters, (3, 3))(self.act(self.norm()(y)))
+        y = self.conv(self.filters, (3, 3), normalized=False)(self.act(self.norm()(y)))
         return y + pre_activation_shortcut(self, x, pre, self.filters) if self.residual else y
 
 
-class PreActBottleneckBlock(Block):
+class PreActBottleneckBlock(PreActBlock):
     """Pre-activation bottleneck (v2): BN-ReLU-1x1, BN-ReLU-3x3 (strided), BN-ReLU-1x1 (x4), add."""
 
+    stride_on_3x3: bool = True
+    inner: int = 0
     expansion = 4
 
     @nn.compact
     def __call__(self, x):
-        pre = self.act(self.norm()(x))
-        y = self.conv(self.filters, (1, 1))(pre)
-        y = self.conv(self.filters, (3, 3), self.strides)(self.act(self.norm()(y)))
-        y = self.conv(self.filters * self.expansion, (1, 1))(self.act(self.norm()(y)))
+        s1, s3 = (1, self.strides) if self.stride_on_3x3 else (self.strides, 1)
+        inner = self.inner or self.filters
+        pre = pre_activation(self, x)
+        y = self.conv(inner, (1, 1), s1)(pre)
+        y = self.conv(inner, (3, 3), s3)(self.act(self.norm()(y)))
+        y = self.conv(self.filters * self.expansion, (1, 1), normalized=False)(self.act(self.norm()(y)))
         return y + pre_activation_shortcut(self, x, pre, self.filters * self.expansion) if self.residual else y
 
 
-def pre_activation_shortcut(block: nn.Module, x: jnp.ndarray, pre: jnp.ndarray, out: int) -> jnp.ndarray:
-    """The v2 shortcut: a projection (1x1 conv, no BN) reads the pre-activated input, as in He et al. 2016."""
+def pre_activation_shortcut(block: PreActBlock, x: jnp.ndarray, pre: jnp.ndarray, out: int) -> jnp.ndarray:
+    """The v2 shortcut: a projection (1x1 conv, no BN) reads the pre-activated input as in He et al. 2016
+    (projection_from='preact'), or the raw input as the Keras seed does ('input')."""
     if needs_projection(x, out, block.strides, block.shortcut):
-        return block.conv(out, (1, 1), block.strides, name="shortcut_conv")(pre)
-    if block.shortcut == "A":
-        return zero_pad_shortcut(x, out, block.strides)
-    return x
+        source = pre if block.projection_from == "preact" else x
+        return block.conv(out, (1, 1), block.strides, normalized=False, name="shortcut_conv")(source)
+    return identity_shortcut(block, x, out)
 
 
 BLOCKS = {
-    ("basic", "v1"): BasicBlock,
-    ("basic", "v1.5"): BasicBlock,
-    ("basic", "v2"): PreActBasicBlock,
-    ("bottleneck", "v1"): partial(BottleneckBlock, stride_on_3x3=False),
-    ("bottleneck", "v1.5"): BottleneckBlock,
-    ("bottleneck", "v2"): PreActBottleneckBlock,
+    ("basic", False): BasicBlock,
+    ("bottleneck", False): BottleneckBlock,
+    ("basic", True): PreActBasicBlock,
+    ("bottleneck", True): PreActBottleneckBlock,
 }
 
 
-def conv2d(features: int, kernel_size: tuple[int, int], strides: int = 1, **kwargs) -> nn.Conv:
-    """A bias-free conv (BN follows) with torchvision's symmetric padding of k // 2 on each side."""
-    pad = [(k // 2, k // 2) for k in kernel_size]
-    return nn.Conv(features, kernel_size, strides, padding=pad, use_bias=False, kernel_init=conv_init, **kwargs)
+def conv2d(
+    features: int,
+    kernel_size: tuple[int, int],
+    strides: int = 1,
+    *,
+    padding: str = "symmetric",
+    bias: str = "none",
+    normalized: bool = True,
+    kernel_init: Callable = conv_init,
+    **kwargs,
+) -> nn.Conv:
+    """A conv with torchvision's symmetric padding of k // 2 a side, or TF/Keras 'same' padding (a stride-2 conv
+    on an even size pads one more at the bottom/right). `normalized`: a BatchNorm of its own follows, so
+    bias='unnormalized' gives it no bias; bias='all' gives every conv one, 'none' none."""
+    pad = "SAME" if padding == "same" else [(k // 2, k // 2) for k in kernel_size]
+    use_bias = bias == "all" or (bias == "unnormalized" and not normalized)
+    return nn.Conv(features, kernel_size, strides, padding=pad, use_bias=use_bias, kernel_init=kernel_init, **kwargs)
+
+
+def stem_max_pool(x: jnp.ndarray, padding: str, pool_padding: str) -> jnp.ndarray:
+    """The ImageNet stem's 3x3/2 max-pool. Its border is ignored (-inf, torchvision and TF 'same') or zeros
+    (Keras applications' ZeroPadding2D): they differ only where the pooled values can be negative (v2 stems)."""
+    pads = ((1, 1), (1, 1)) if padding == "symmetric" else lax.padtype_to_pads(x.shape[1:3], (3, 3), (2, 2), "SAME")
+    if pool_padding == "zeros":
+        return nn.max_pool(jnp.pad(x, ((0, 0), *pads, (0, 0))), (3, 3), strides=(2, 2))
+    return nn.max_pool(x, (3, 3), strides=(2, 2), padding=pads)
+
+
+class Head(nn.Module):
+    """The classifier on the pooled backbone features: [dropout, Dense(width), act] per hidden width, dropout, Dense.
+
+    Its layers are named `head_hidden<i>` and `head`; inside a ResNet they sit at the top level of its params
+    (the default head, no hidden layer and no dropout, is the single Dense `head` of torchvision and the papers).
+    """
+
+    num_classes: int
+    hidden: Sequence[int] = ()
+    dropout: float = 0.0
+    act: Callable = nn.relu
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+    kernel_init: Callable = nn.initializers.lecun_normal()  # the last Dense's (Keras seed: he_normal)
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        dense = partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype)
+        for i, width in enumerate(self.hidden):
+            x = self.act(dense(width, name=f"head_hidden{i + 1}")(self._dropout(x, train)))
+        return dense(self.num_classes, kernel_init=self.kernel_init, name="head")(self._dropout(x, train))
+
+    def _dropout(self, x, train: bool):
+        """Inverted dropout (nn.Dropout's), its mask drawn with x's sharding so that it works on an Explicit mesh."""
+        if not (train and self.dropout):
+            return x
+        keep = 1.0 - self.dropout
+        mask = jax.random.bernoulli(self.make_rng("dropout"), keep, x.shape, out_sharding=jax.typeof(x).sharding)
+        return jnp.where(mask, x / keep, jnp.zeros_like(x))
+
+
+def is_head(layer: str) -> bool:
+    """Whether a top-level layer of a ResNet's params belongs to its head (`head`, `head_hidden<i>`)."""
+    return layer == "head" or layer.startswith("head_")
+
+
+def head_of(model: "ResNet") -> Head:
+    """The Head module of `model`: applied to the sown features with the model's params, it gives its logits."""
+    return Head(model.num_classes, tuple(model.head_hidden), model.head_dropout, model.act, model.dtype,
+                model.param_dtype, model.head_init)
 
 
 class ResNet(nn.Module):
@@ -153,6 +254,12 @@ class ResNet(nn.Module):
     stem: 'cifar' (3x3 conv, 16 filters) or 'imagenet' (7x7/2 conv + 3x3/2 max-pool).
     bn_momentum is the running-average decay: Flax/Keras 0.9 (Keras' default 0.99) correspond to
     PyTorch's momentum 1 - decay, i.e. PyTorch's default 0.1 is bn_momentum=0.9.
+
+    The layout options after `act` default to torchvision's layout; other frameworks' ResNets set them (the zoo's
+    wide_resnet*, keras_* names): see each field's comment.
+    Head: head_pooling 'avg' (global average, the default) or 'flatten' (the seeds' Flatten), then `Head`.
+    frozen_bn_stages: the first K stages (stem = stage 0, then stage1...; -1 = all, final_norm included) run
+    BatchNorm on their running statistics and leave them unchanged, also when train=True.
     conv_general_dilated: what every conv calls; the default gives lax's numbers, faster on CPU (resnet_jax.xla_cpu).
     """
 
@@ -162,7 +269,7 @@ class ResNet(nn.Module):
     block: str = "basic"  # 'basic' or 'bottleneck'
     version: str = "v1.5"  # 'v1', 'v1.5' or 'v2'
     stem: str = "imagenet"
-    shortcut: str = "B"  # 'A', 'B' or 'C'
+    shortcut: str = "B"  # 'A', 'B', 'C', or 'B-channels' (projection only where the channel count changes)
     residual: bool = True
     bn_momentum: float = 0.9
     bn_epsilon: float = 1e-5
@@ -170,63 +277,134 @@ class ResNet(nn.Module):
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     act: Callable = nn.relu
+    # Bottleneck 1x1/3x3 widths per stage; () = widths (the output is always widths x 4). Wide ResNets double them.
+    inner_widths: Sequence[int] = ()
+    bottleneck_stride: str = ""  # '1x1' or '3x3'; '' = the version's: '1x1' for v1, '3x3' for v1.5 and v2
+    downsample: str = "first"  # the block that strides: 'first' of stages 2.. (He et al.), 'last' of stages ..n-1 (Keras V2)
+    conv_bias: str = "none"  # 'none', 'all' (Keras), 'unnormalized' (convs without a BN of their own: Keras V2)
+    padding: str = "symmetric"  # 'symmetric' (k // 2 a side) or 'same' (TF/Keras Conv2D(padding='same'))
+    pool_padding: str = "ignore"  # stem max-pool border: 'ignore' (-inf) or 'zeros' (Keras applications)
+    projection_norm: bool = True  # v1/v1.5: BN after the projection conv (False: the Keras seed's bare conv)
+    projection_from: str = "preact"  # v2: the projection reads the 'preact' (He et al.) or the raw 'input' (Keras seed)
+    preact_stem_norm: bool = False  # v2: BN-ReLU after the stem conv, the first block's pre-activation (Keras seed)
+    kernel_init: Callable = conv_init  # convs
+    head_init: Callable = nn.initializers.lecun_normal()  # the classifier's kernel
+    head_pooling: str = "avg"  # 'avg' | 'flatten'
+    head_hidden: Sequence[int] = ()
+    head_dropout: float = 0.0
+    frozen_bn_stages: int = 0
     conv_general_dilated: Callable = xla_cpu.conv_general_dilated
 
     def __post_init__(self):
         check_choice("block", self.block, ("basic", "bottleneck"))
         check_choice("version", self.version, ("v1", "v1.5", "v2"))
         check_choice("stem", self.stem, ("cifar", "imagenet"))
-        check_choice("shortcut", self.shortcut, ("A", "B", "C"))
+        check_choice("shortcut", self.shortcut, ("A", "B", "C", "B-channels"))
+        check_choice("bottleneck_stride", self.bottleneck_stride, ("", "1x1", "3x3"))
+        check_choice("downsample", self.downsample, ("first", "last"))
+        check_choice("conv_bias", self.conv_bias, ("none", "all", "unnormalized"))
+        check_choice("padding", self.padding, ("symmetric", "same"))
+        check_choice("pool_padding", self.pool_padding, ("ignore", "zeros"))
+        check_choice("projection_from", self.projection_from, ("preact", "input"))
         if len(self.widths) != len(self.stage_sizes):
             raise ValueError(f"widths {tuple(self.widths)} and stage_sizes {tuple(self.stage_sizes)} differ in length")
+        if self.inner_widths and (self.block != "bottleneck" or len(self.inner_widths) != len(self.stage_sizes)):
+            raise ValueError(
+                f"inner_widths {tuple(self.inner_widths)} needs bottleneck blocks and one width per stage "
+                f"({len(self.stage_sizes)}); got block={self.block!r}"
+            )
         if self.zero_init_residual and self.version == "v2":
             raise ValueError("zero_init_residual needs a BN at the end of each block: use version 'v1' or 'v1.5'")
+        if self.version != "v2" and (self.preact_stem_norm or self.projection_from != "preact"):
+            raise ValueError("preact_stem_norm and projection_from are options of pre-activation nets: use version 'v2'")
+        check_choice("head_pooling", self.head_pooling, ("avg", "flatten"))
+        if not 0 <= self.head_dropout < 1:
+            raise ValueError(f"head_dropout is a drop probability in [0, 1); got {self.head_dropout}")
+        stages = len(self.stage_sizes) + 1
+        if not -1 <= self.frozen_bn_stages <= stages:
+            raise ValueError(f"frozen_bn_stages={self.frozen_bn_stages}: this network has {stages} stages (stem = stage 0); "
+                             f"use 0..{stages}, or -1 for all")
         super().__post_init__()
+
+    def block_strides(self, stage: int, index: int) -> int:
+        """2 for the one block of a stage that downsamples, else 1."""
+        if self.downsample == "first":
+            return 2 if stage > 0 and index == 0 else 1
+        return 2 if stage < len(self.stage_sizes) - 1 and index == self.stage_sizes[stage] - 1 else 1
+
+    def block_options(self, stage: int, index: int) -> dict[str, Any]:
+        """The fields of block `index` of `stage` beyond those every block takes."""
+        options: dict[str, Any] = {}
+        if self.block == "bottleneck":
+            options["inner"] = self.inner_widths[stage] if self.inner_widths else 0
+            options["stride_on_3x3"] = self.bottleneck_stride == "3x3" or (not self.bottleneck_stride and self.version != "v1")
+        if self.version == "v2":
+            options["projection_from"] = self.projection_from
+            options["preactivated"] = self.preact_stem_norm and stage == index == 0
+        else:
+            options["zero_init_last"] = self.zero_init_residual
+            options["projection_norm"] = self.projection_norm
+        return options
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        conv = partial(conv2d, dtype=self.dtype, param_dtype=self.param_dtype, conv_general_dilated=self.conv_general_dilated)
-        # Statistics are reduced in float32 whatever the compute dtype (Flax's default).
-        norm = partial(
-            nn.BatchNorm,
-            use_running_average=not train,
-            momentum=self.bn_momentum,
-            epsilon=self.bn_epsilon,
+        conv = partial(
+            conv2d,
+            padding=self.padding,
+            bias=self.conv_bias,
+            kernel_init=self.kernel_init,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
+            conv_general_dilated=self.conv_general_dilated,
         )
-        preact = self.version == "v2"
-        x = jnp.asarray(x, self.dtype)
-        if self.stem == "imagenet":
-            x = conv(self.widths[0], (7, 7), 2, name="stem_conv")(x)
-            if not preact:
-                x = self.act(norm(name="stem_norm")(x))
-            x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
-        else:
-            x = conv(self.widths[0], (3, 3), name="stem_conv")(x)
-            if not preact:
-                x = self.act(norm(name="stem_norm")(x))
+        last_stage = len(self.stage_sizes)
+        frozen = last_stage + 1 if self.frozen_bn_stages == -1 else self.frozen_bn_stages
 
-        block_cls = BLOCKS[(self.block, self.version)]
-        extra = {} if preact else {"zero_init_last": self.zero_init_residual}
+        def norm_of(stage: int):
+            # Statistics are reduced in float32 whatever the compute dtype (Flax's default).
+            return partial(
+                nn.BatchNorm,
+                use_running_average=not train or stage < frozen,
+                momentum=self.bn_momentum,
+                epsilon=self.bn_epsilon,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+            )
+
+        norm = norm_of(0)
+        preact = self.version == "v2"
+        stem_norm = not preact or self.preact_stem_norm
+        x = jnp.asarray(x, self.dtype)
+        kernel, strides = ((7, 7), 2) if self.stem == "imagenet" else ((3, 3), 1)
+        x = conv(self.widths[0], kernel, strides, normalized=stem_norm, name="stem_conv")(x)
+        if stem_norm:
+            x = self.act(norm(name="stem_norm")(x))
+        if self.stem == "imagenet":
+            x = stem_max_pool(x, self.padding, self.pool_padding)
+
+        block_cls = BLOCKS[(self.block, preact)]
         for i, (n_blocks, filters) in enumerate(zip(self.stage_sizes, self.widths)):
             for j in range(n_blocks):
                 x = block_cls(
                     filters,
                     conv=conv,
-                    norm=norm,
+                    norm=norm_of(i + 1),
                     act=self.act,
-                    strides=2 if i > 0 and j == 0 else 1,
+                    strides=self.block_strides(i, j),
                     shortcut=self.shortcut,
                     residual=self.residual,
                     name=f"stage{i + 1}_block{j + 1}",
-                    **extra,
+                    **self.block_options(i, j),
                 )(x)
         if preact:
-            x = self.act(norm(name="final_norm")(x))
-        x = jnp.mean(x, axis=(1, 2))
-        x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name="head")(x)
-        return jnp.asarray(x, jnp.float32)
+            x = self.act(norm_of(last_stage)(name="final_norm")(x))
+        x = jnp.mean(x, axis=(1, 2)) if self.head_pooling == "avg" else x.reshape(x.shape[0], -1)
+        if not self.is_initializing():  # init returns {'params', 'batch_stats'} only
+            self.sow("features", "backbone", x)  # the backbone's output, for feature caching (mutable=['features'])
+        head = head_of(self)
+        nn.share_scope(self, head)  # the head's layers are top-level layers of this model
+        # Logits in at least float32 (bfloat16 compute) and float64 when the model computes in float64.
+        return jnp.asarray(head(x, train), jnp.promote_types(self.dtype, jnp.float32))
 
 
 def check_choice(what: str, value: Any, choices: Sequence[Any]) -> None:
@@ -251,22 +429,93 @@ CifarResNet = partial(ResNet, widths=(16, 32, 64), stem="cifar", block="basic", 
 PreActCifarResNet = partial(ResNet, widths=(16, 32, 64), stem="cifar", block="bottleneck", version="v2", shortcut="B")
 ImageNetResNet = partial(ResNet, widths=(64, 128, 256, 512), stem="imagenet", version="v1.5", shortcut="B")
 
+# Other frameworks' ResNets, layer for layer, so that their weights load (resnet_jax.pretrained).
+KerasResNet = partial(  # keras.applications.ResNet50/101/152
+    ImageNetResNet, block="bottleneck", version="v1", conv_bias="all", bn_epsilon=1.001e-5, pool_padding="zeros"
+)
+KerasResNetV2 = partial(  # keras.applications.ResNet50V2/101V2/152V2
+    KerasResNet, version="v2", conv_bias="unnormalized", downsample="last", shortcut="B-channels"
+)
+# The Keras seed (keras.io's CIFAR-10 ResNet example): biased 'same' convs, he_normal, Keras' BN defaults.
+KERAS_CIFAR = dict(
+    widths=(16, 32, 64),
+    stem="cifar",
+    shortcut="B",
+    conv_bias="all",
+    padding="same",
+    bn_momentum=0.99,
+    bn_epsilon=1e-3,
+    kernel_init=keras_he_normal,
+    head_init=keras_he_normal,
+)
+KERAS_CIFAR_VERSIONS = {
+    # resnet_v1: basic blocks; the projection is a bare strided 1x1 conv.
+    "v1": dict(KERAS_CIFAR, block="basic", version="v1", projection_norm=False),
+    # resnet_v2: bottlenecks 16/64/128 wide with outputs 64/128/256, strided first 1x1, the projection fed the raw
+    # block input, and the stem's BN-ReLU serving as the first block's pre-activation.
+    "v2": dict(
+        KERAS_CIFAR,
+        block="bottleneck",
+        version="v2",
+        inner_widths=(16, 64, 128),
+        bottleneck_stride="1x1",
+        projection_from="input",
+        preact_stem_norm=True,
+    ),
+}
+NAMED_MODELS = {
+    **{
+        f"wide_resnet{d}_2": dict(
+            ImageNetResNet.keywords, block="bottleneck", stage_sizes=IMAGENET_STAGES[d][1], inner_widths=(128, 256, 512, 1024)
+        )
+        for d in (50, 101)
+    },
+    **{f"keras_resnet{d}": dict(KerasResNet.keywords, stage_sizes=IMAGENET_STAGES[d][1]) for d in (50, 101, 152)},
+    **{f"keras_resnet{d}v2": dict(KerasResNetV2.keywords, stage_sizes=IMAGENET_STAGES[d][1]) for d in (50, 101, 152)},
+}
+
+
+def keras_cifar_spec(name: str) -> dict[str, Any] | None:
+    """keras_cifar_resnet<6n+2>_v1 / keras_cifar_resnet<9n+2>_v2: the Keras seed's networks (None for other names)."""
+    match = re.fullmatch(r"keras_cifar_resnet(\d+)_v([12])", name)
+    if not match:
+        return None
+    depth, version = int(match[1]), f"v{match[2]}"
+    per_block = 6 if version == "v1" else 9
+    if depth < per_block + 2 or (depth - 2) % per_block:
+        raise ValueError(f"the Keras seed's ResNet {version} depth must be {per_block}n+2; got {depth}")
+    n = (depth - 2) // per_block
+    return dict(KERAS_CIFAR_VERSIONS[version], stage_sizes=(n, n, n))
+
 
 def _family(name: str) -> tuple[str, int]:
-    """Split 'resnet56' / 'plain56' / 'preact_resnet164' / 'preact_plain164' into (family, depth)."""
-    for prefix, family in (("preact_resnet", "preact"), ("preact_plain", "preact"), ("resnet", "resnet"), ("plain", "resnet")):
+    """Split 'resnet56' / 'plain56' / 'cifar_resnet50' / 'preact_resnet164' / 'preact_plain164' into (family, depth)."""
+    prefixes = (("preact_resnet", "preact"), ("preact_plain", "preact"), ("cifar_resnet", "cifar"),
+                ("cifar_plain", "cifar"), ("resnet", "resnet"), ("plain", "resnet"))
+    for prefix, family in prefixes:
         digits = name[len(prefix):]
         if name.startswith(prefix) and digits.isdigit():
             return family, int(digits)
     raise ValueError(
         f"unknown model {name!r}; names are resnet<depth> (CIFAR 6n+2: 20, 32, 44, 56, 110, 1202, …; "
-        f"ImageNet: 18, 34, 50, 101, 152, 200), preact_resnet<depth> (9n+2: 56, 110, 164, 1001, …), "
-        f"and their plain twins plain<depth>, preact_plain<depth>. See resnet_jax.list_models()."
+        f"ImageNet: 18, 34, 50, 101, 152, 200), cifar_resnet<depth> (CIFAR 6n+2 only, e.g. cifar_resnet50), "
+        f"preact_resnet<depth> (9n+2: 56, 110, 164, 1001, …), their plain twins plain<depth>, cifar_plain<depth>, "
+        f"preact_plain<depth>, and other frameworks' layouts: {', '.join(NAMED_MODELS)}, "
+        f"keras_cifar_resnet<6n+2>_v1, keras_cifar_resnet<9n+2>_v2. See resnet_jax.list_models()."
     )
 
 
 def model_spec(name: str) -> dict[str, Any]:
-    """The ResNet fields a zoo name stands for (the model is `ResNet(**model_spec(name), num_classes=…)`)."""
+    """The ResNet fields a zoo name stands for (the model is `ResNet(**model_spec(name), num_classes=…)`).
+
+    resnet<d> is the ImageNet network for d in 18, 34, 50, 101, 152, 200 and the CIFAR one for any other 6n+2
+    depth; 50, 152 and 200 are 6n+2 too, so their CIFAR networks are named cifar_resnet50/152/200.
+    """
+    if name in NAMED_MODELS:
+        return dict(NAMED_MODELS[name])
+    keras_cifar = keras_cifar_spec(name)
+    if keras_cifar:
+        return keras_cifar
     family, depth = _family(name)
     residual = "plain" not in name
     if family == "preact":
@@ -274,14 +523,12 @@ def model_spec(name: str) -> dict[str, Any]:
             raise ValueError(f"pre-activation CIFAR ResNet depth must be 9n+2 (56, 110, 164, 1001, …); got {depth}")
         n = (depth - 2) // 9
         return dict(PreActCifarResNet.keywords, stage_sizes=(n, n, n), residual=residual)
-    if depth in IMAGENET_STAGES:
+    if family == "resnet" and depth in IMAGENET_STAGES:
         block, stages = IMAGENET_STAGES[depth]
         return dict(ImageNetResNet.keywords, block=block, stage_sizes=stages, residual=residual)
     if depth < 8 or (depth - 2) % 6:
-        raise ValueError(
-            f"CIFAR ResNet depth must be 6n+2 (20, 32, 44, 56, 110, 1202, …) and ImageNet depths are "
-            f"{', '.join(map(str, IMAGENET_STAGES))}; got {depth}"
-        )
+        imagenet = "" if family == "cifar" else f" and ImageNet depths are {', '.join(map(str, IMAGENET_STAGES))}"
+        raise ValueError(f"CIFAR ResNet depth must be 6n+2 (20, 32, 44, 56, 110, 1202, …){imagenet}; got {depth}")
     n = (depth - 2) // 6
     return dict(CifarResNet.keywords, stage_sizes=(n, n, n), residual=residual)
 
@@ -304,5 +551,7 @@ def create_model(name: str, num_classes: int, **overrides: Any) -> ResNet:
 def list_models() -> list[str]:
     """The named models of the zoo (any other valid 6n+2 / 9n+2 depth also works)."""
     resnets = [f"resnet{d}" for d in (*CIFAR_DEPTHS, *IMAGENET_STAGES)]
+    resnets += [f"cifar_resnet{d}" for d in IMAGENET_STAGES if (d - 2) % 6 == 0]  # the CIFAR twins of 50, 152, 200
     preacts = [f"preact_resnet{d}" for d in PREACT_CIFAR_DEPTHS]
-    return resnets + preacts + [n.replace("resnet", "plain") for n in resnets + preacts]
+    others = [*NAMED_MODELS, "keras_cifar_resnet20_v1", "keras_cifar_resnet29_v2"]
+    return resnets + preacts + [n.replace("resnet", "plain") for n in resnets + preacts] + others

@@ -5,11 +5,15 @@ converted to optimizer steps here, so the paper's "divide by 10 at 32k and 48k i
 Keras seed's "x0.1 after epoch 80" are both one line of config.
 """
 
+import math
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import ml_collections
 import optax
+
+from resnet_jax.losses import higher_is_better
 
 SCHEDULES = ("constant", "piecewise", "cosine")
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -24,6 +28,7 @@ def schedule_config() -> ml_collections.ConfigDict:
             scales=(),  # piecewise: multiplicative factors, cumulative (0.1, 0.1 -> 0.1x then 0.01x)
             warmup=0.0,  # length of the warm-up, in `unit`
             warmup_lr=0.0,  # piecewise/constant: a constant rate during warm-up (paper's ResNet-110: 0.01); cosine warms up linearly from 0
+            warmup_linear=False,  # piecewise/constant: rise linearly from warmup_lr to the base rate instead (Goyal et al.)
         )
     )
 
@@ -32,9 +37,11 @@ def plateau_config() -> ml_collections.ConfigDict:
     """Keras' ReduceLROnPlateau: on an epoch-level metric that stopped improving, multiply the rate by factor.
 
     The cuts multiply the schedule's rate; min_lr bounds the multiplier at min_lr / optimizer.learning_rate.
+    An evaluation improves on the best one only by more than min_delta, an absolute amount in the metric's own
+    direction (Keras' min_delta; optax's default relative tolerance would count a slightly worse accuracy as better).
     """
     return ml_collections.ConfigDict(
-        dict(enabled=False, monitor="val/loss", factor=0.1**0.5, patience=5, min_lr=0.5e-6, cooldown=0)
+        dict(enabled=False, monitor="val/loss", factor=0.1**0.5, patience=5, min_lr=0.5e-6, cooldown=0, min_delta=1e-4)
     )
 
 
@@ -69,6 +76,8 @@ def to_steps(value: float, unit: str, steps_per_epoch: int) -> int:
 def make_schedule(config: ml_collections.ConfigDict, base_lr: float, steps_per_epoch: int, total_steps: int) -> optax.Schedule:
     """The learning rate as a function of the optimizer step."""
     unit = config.unit
+    if not config.warmup >= 0:
+        raise ValueError(f"schedule.warmup={config.warmup} must be >= 0")
     warmup = to_steps(config.warmup, unit, steps_per_epoch)
     if config.name == "cosine":
         return optax.warmup_cosine_decay_schedule(0.0, base_lr, warmup, max(total_steps, warmup + 1))
@@ -77,13 +86,21 @@ def make_schedule(config: ml_collections.ConfigDict, base_lr: float, steps_per_e
     elif config.name == "piecewise":
         if len(config.boundaries) != len(config.scales):
             raise ValueError(f"schedule.boundaries {config.boundaries} and schedule.scales {config.scales} differ in length")
+        if any(not b >= 0 for b in config.boundaries) or list(config.boundaries) != sorted(config.boundaries):
+            raise ValueError(f"schedule.boundaries {config.boundaries} must be >= 0 and in increasing order")
+        if any(not s > 0 for s in config.scales):
+            raise ValueError(f"schedule.scales {config.scales} must be > 0")
         boundaries = [to_steps(b, unit, steps_per_epoch) for b in config.boundaries]
         main = optax.piecewise_constant_schedule(base_lr, dict(zip(boundaries, config.scales)))
     else:
         raise ValueError(f"unknown schedule {config.name!r}; choose one of {', '.join(SCHEDULES)}")
     if warmup == 0:
         return main
-    return optax.join_schedules([optax.constant_schedule(config.warmup_lr), lambda step: main(step + warmup)], [warmup])
+    if config.warmup_linear:
+        ramp = optax.linear_schedule(config.warmup_lr, base_lr, warmup)
+    else:
+        ramp = optax.constant_schedule(config.warmup_lr)
+    return optax.join_schedules([ramp, lambda step: main(step + warmup)], [warmup])
 
 
 def kernel_mask(params) -> dict:
@@ -95,6 +112,13 @@ def make_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule) 
     """An optax optimizer with the configured weight decay, driven by `schedule`."""
     if config.name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {config.name!r}; choose one of {', '.join(OPTIMIZERS)}")
+    checks = {"learning_rate": (0 < config.learning_rate < math.inf, "finite and > 0"),
+              "weight_decay": (0 <= config.weight_decay < math.inf, "finite and >= 0"),
+              "momentum": (0 <= config.momentum < 1, "in [0, 1)"), "b1": (0 <= config.b1 < 1, "in [0, 1)"),
+              "b2": (0 <= config.b2 < 1, "in [0, 1)"), "eps": (0 < config.eps < math.inf, "finite and > 0")}
+    for key, (ok, what) in checks.items():
+        if not ok:
+            raise ValueError(f"optimizer.{key}={config[key]} must be {what}")
     if config.weight_decay_mode not in ("l2", "decoupled"):
         raise ValueError(f"unknown weight_decay_mode {config.weight_decay_mode!r}; choose 'l2' or 'decoupled'")
     if (config.weight_decay_mode == "decoupled") != (config.name == "adamw"):
@@ -115,10 +139,29 @@ def make_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule) 
 
 
 def make_plateau(config: ml_collections.ConfigDict, base_lr: float) -> optax.GradientTransformationExtraArgs:
-    """optax's reduce_on_plateau, stepped once per epoch with the monitored metric; its scale multiplies the rate."""
+    """optax's reduce_on_plateau, stepped at each evaluation with the monitored metric; its scale multiplies the rate.
+
+    The tolerance is absolute (atol=min_delta, rtol=0): the metric is negated for accuracies, and a relative tolerance
+    on a negative value would call a slightly worse accuracy an improvement.
+    """
+    for key in ("patience", "cooldown"):
+        if not (isinstance(config[key], int) and config[key] >= 0):
+            raise ValueError(f"plateau.{key}={config[key]} must be an integer >= 0")
+    if not config.min_lr >= 0:
+        raise ValueError(f"plateau.min_lr={config.min_lr} must be >= 0")
+    if not config.min_delta > 0:  # optax needs a tolerance; Keras' default min_delta is 1e-4
+        raise ValueError(f"plateau.min_delta={config.min_delta} must be > 0")
     return optax.contrib.reduce_on_plateau(
         factor=config.factor,
         patience=config.patience,
+        rtol=0.0,
+        atol=config.min_delta,
         cooldown=config.cooldown,
         min_scale=config.min_lr / base_lr,
     )
+
+
+def step_plateau(plateau: optax.GradientTransformationExtraArgs, state: Any, monitor: str, value: float) -> Any:
+    """The plateau state after one evaluation of `monitor` (optax minimises: accuracies are negated)."""
+    _, state = plateau.update({}, state, value=-value if higher_is_better(monitor) else value)
+    return state

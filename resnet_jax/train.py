@@ -4,14 +4,16 @@
 
 The batch is sharded over the mesh axis 'data' and the state replicated, so XLA computes BatchNorm
 statistics over the global batch (synchronised BN) on 1 CPU, 8 devices or many hosts alike.
-Re-running the same command in the same workdir resumes from the latest checkpoint and continues
-exactly as an uninterrupted run would (the data order and augmentation depend only on seed, epoch, step).
+Re-running the same command in the same workdir resumes from the newest intact checkpoint and continues
+exactly as an uninterrupted run would (the data order and augmentation depend only on seed, epoch, step), also from
+the middle of an epoch. SIGTERM, SIGINT and SIGUSR1 checkpoint at the next step boundary (resnet_jax.preemption);
+a non-finite step stops the run or is skipped (resnet_jax.divergence). Exit codes: 0 done, 1 unusable workdir, data
+or checkpoints, 2 invalid config or command line, 3 diverged, 75 preempted (re-run to resume).
 """
 
 import dataclasses
-import json
 import math
-import shutil
+import sys
 import time
 from functools import partial
 from pathlib import Path
@@ -28,22 +30,16 @@ from jax.sharding import PartitionSpec as P
 from ml_collections import config_flags
 from tqdm import tqdm
 
+from resnet_jax import config as config_lib
 from resnet_jax import data as data_lib
+from resnet_jax import divergence, optim, preemption, transfer, xla_cpu
 from resnet_jax import loss_scale as loss_scaling
-from resnet_jax import optim, xla_cpu
-from resnet_jax.checkpoints import Checkpoints
+from resnet_jax.checkpoints import CheckpointError, Checkpoints
 from resnet_jax.diagnostics import diagnostics_fn, update_ratio_metrics
-from resnet_jax.losses import cross_entropy, top_k_correct
-from resnet_jax.metrics import MetricWriter, plot_curves
+from resnet_jax.losses import EVAL_METRICS, cross_entropy, higher_is_better, top_k_correct
+from resnet_jax.metrics import MetricWriter, TrainMeter, plot_curves
 from resnet_jax.models import ResNet, create_model
-
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-EVAL_METRICS = ("loss", "accuracy", "top5")
-
-
-def higher_is_better(metric: str) -> bool:
-    """Accuracies improve upwards, losses downwards (for the best checkpoint and the plateau)."""
-    return not metric.endswith("loss")
+from resnet_jax.workdir import WorkdirError, check_same_data, check_workdir, data_fingerprint, save_config
 
 
 class TrainState(struct.PyTreeNode):
@@ -59,35 +55,27 @@ class TrainState(struct.PyTreeNode):
 
 def build_model(config: ml_collections.ConfigDict, num_classes: int) -> ResNet:
     """The configured zoo model; empty config values keep the family's defaults."""
-    overrides = {k: config[k] for k in ("shortcut", "version") if config[k]}
-    if config.widths:
-        overrides["widths"] = tuple(config.widths)
-    if config.dtype not in DTYPES:
-        raise ValueError(f"unknown model.dtype {config.dtype!r}; choose one of {', '.join(DTYPES)}")
-    return create_model(
-        config.name,
-        num_classes,
-        zero_init_residual=config.zero_init_residual,
-        bn_momentum=config.bn_momentum,
-        bn_epsilon=config.bn_epsilon,
-        dtype=DTYPES[config.dtype],
-        **overrides,
-    )
+    return create_model(config.name, num_classes, **config_lib.model_options(config))
 
 
-def train_step(state: TrainState, batch: dict, model: ResNet, tx: optax.GradientTransformation, label_smoothing: float = 0.0):
+def train_step(state: TrainState, batch: dict, model: ResNet, tx: optax.GradientTransformation, label_smoothing: float = 0.0,
+               seed: int = 0):
     """One optimizer step on a global batch; returns the new state and the batch's mean metrics.
 
-    With a loss scale (float16), a step whose gradients overflow changes only the step counter and the scale;
-    metrics then include the scale and `overflow` (1 for a skipped step).
+    A step whose loss, gradients or new parameters are not finite is not applied (divergence.guard): the state stays
+    as it was but for its step counter, and metrics['nonfinite'] is 1. `seed` and the step draw the dropout mask.
+    float16 compute needs a loss scale (resnet_jax.loss_scale): a step whose scaled gradients overflow is skipped too,
+    but as the scale's normal work, not a divergence; metrics then carry `loss_scale` and `overflow` (1: skipped).
     """
     if state.loss_scale is None and jnp.dtype(model.dtype) == jnp.float16:
         raise ValueError("float16 compute needs dynamic loss scaling: create the state with "
                          "loss_scale=resnet_jax.loss_scale.for_dtype(jnp.float16) (init_state does), or use bfloat16")
+    dropout_key = jax.random.fold_in(jax.random.key(seed), state.step)
 
     def loss_fn(params):
         variables = {"params": params, "batch_stats": state.batch_stats}
-        logits, updates = model.apply(variables, batch["image"], train=True, mutable=["batch_stats"])
+        logits, updates = model.apply(variables, batch["image"], train=True, mutable=["batch_stats"],
+                                      rngs={"dropout": dropout_key})
         return cross_entropy(logits, batch["label"], label_smoothing).mean(), (logits, updates["batch_stats"])
 
     loss_scale, finite, (loss, (logits, batch_stats)), grads = loss_scaling.value_and_grad(loss_fn, state.loss_scale, state.params)
@@ -98,15 +86,17 @@ def train_step(state: TrainState, batch: dict, model: ResNet, tx: optax.Gradient
         params=optax.apply_updates(state.params, updates),
         batch_stats=batch_stats,
         opt_state=opt_state,
+        loss_scale=loss_scale,
     )
+    new_state, nonfinite = divergence.guard(new_state, state.replace(loss_scale=loss_scale), loss, grads)
     metrics = {
         "loss": loss,
         "accuracy": top_k_correct(logits, batch["label"], 1).mean(),
         "top5": top_k_correct(logits, batch["label"], 5).mean(),
+        "nonfinite": nonfinite,
     }
     if loss_scale is not None:
-        new_state = loss_scaling.keep_if_finite(finite, new_state, state.replace(step=new_state.step))
-        new_state = new_state.replace(loss_scale=loss_scale)
+        new_state = loss_scaling.keep_if_finite(finite, new_state, state.replace(step=new_state.step, loss_scale=loss_scale))
         metrics |= {"loss_scale": loss_scale.scale, "overflow": 1.0 - finite.astype(jnp.float32)}
     return new_state, metrics
 
@@ -139,34 +129,33 @@ class Run:
 
 
 def setup(config: ml_collections.ConfigDict) -> Run:
-    """Build data, model and optimizer, checking the config against the data first (clear errors, no compile)."""
+    """Validate the config, then build data, model and optimizer, checking the config against the data (no compile)."""
+    config_lib.validate(config)
     mesh = jax.make_mesh((jax.device_count(),), ("data",))
     pipeline = data_lib.make_pipeline(config.data, config.batch_size, mesh, config.seed)
     if config.model.num_classes and config.model.num_classes != pipeline.num_classes:
-        raise ValueError(
+        raise config_lib.ConfigError(
             f"model.num_classes={config.model.num_classes} but {config.data.name} has {pipeline.num_classes} classes; "
             "set model.num_classes=0 to take it from the data"
         )
-    model = build_model(config.model, pipeline.num_classes)
+    model = transfer.configure(config, build_model(config.model, pipeline.num_classes), pipeline)
     steps_per_epoch = pipeline.steps_per_epoch
     total_steps = config.num_steps or config.num_epochs * steps_per_epoch
-    if total_steps <= 0:
-        raise ValueError(f"nothing to train: num_epochs={config.num_epochs}, num_steps={config.num_steps}")
     eval_splits = [s for s in ("val", "test") if s in pipeline.split_sizes]
     if not eval_splits:
-        raise ValueError(f"{config.data.name} has no 'val' or 'test' split to evaluate on; set data.val_size > 0")
+        raise config_lib.ConfigError(f"{config.data.name} has no 'val' or 'test' split to evaluate on; set data.val_size > 0")
     best_metric = config.best_metric or f"{eval_splits[0]}/accuracy"
     monitored = {"best_metric": best_metric, **({"plateau.monitor": config.plateau.monitor} if config.plateau.enabled else {})}
     for key, metric in monitored.items():
         split, _, name = metric.partition("/")
         if split not in eval_splits or name not in EVAL_METRICS:
             hint = "; set data.val_size > 0 for a validation split" if split == "val" and split not in eval_splits else ""
-            raise ValueError(
+            raise config_lib.ConfigError(
                 f"{key}={metric!r} is not a metric of this run: choose one of "
                 f"{', '.join(f'{s}/{n}' for s in eval_splits for n in EVAL_METRICS)}{hint}"
             )
     schedule = optim.make_schedule(config.schedule, config.optimizer.learning_rate, steps_per_epoch, total_steps)
-    tx = optim.make_optimizer(config.optimizer, schedule)
+    tx = transfer.make_optimizer(config, schedule, model)
     plateau_tx = optim.make_plateau(config.plateau, config.optimizer.learning_rate)
     return Run(config, mesh, pipeline, model, schedule, tx, plateau_tx, total_steps, best_metric)
 
@@ -194,13 +183,14 @@ def init_state(model: ResNet, tx: optax.GradientTransformation, plateau_tx: opta
     return jax.jit(init, out_shardings=NamedSharding(mesh, P()))()
 
 
-def compile_steps(model: ResNet, tx: optax.GradientTransformation, mesh: jax.sharding.Mesh, label_smoothing: float = 0.0):
+def compile_steps(model: ResNet, tx: optax.GradientTransformation, mesh: jax.sharding.Mesh, label_smoothing: float = 0.0,
+                  seed: int = 0):
     """train_step and eval_step jitted for the mesh: state replicated, batch sharded along 'data', state donated
     (with resnet_jax.xla_cpu's compiler options on CPU)."""
     replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
     options = xla_cpu.compiler_options(mesh.devices.flat[0].platform)
     train = jax.jit(
-        partial(train_step, model=model, tx=tx, label_smoothing=label_smoothing),
+        partial(train_step, model=model, tx=tx, label_smoothing=label_smoothing, seed=seed),
         in_shardings=(replicated, sharded),
         out_shardings=(replicated, replicated),
         donate_argnums=0,
@@ -222,138 +212,149 @@ def evaluate_split(eval_fn, state: TrainState, pipeline, split: str) -> dict[str
     return {f"{split}/{k}": float(v / count) for k, v in totals.items()}
 
 
-def config_differences(workdir: Path, config: ml_collections.ConfigDict) -> list[str]:
-    """The keys in which `config` differs from the one saved in `workdir` (none if nothing is saved there)."""
-    saved = Path(workdir) / "config.json"
-    if not saved.exists():
-        return []
-    old, new = _flat(json.loads(saved.read_text())), _flat(json.loads(config.to_json_best_effort()))
-    return sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+def evaluate_all(eval_fn, state: TrainState, pipeline) -> dict[str, float]:
+    """evaluate_split over the run's 'val' and 'test' splits (those it has)."""
+    return {k: v for split in ("val", "test") if split in pipeline.split_sizes
+            for k, v in evaluate_split(eval_fn, state, pipeline, split).items()}
 
 
-def prepare_workdir(workdir: Path, config: ml_collections.ConfigDict, overwrite: bool) -> None:
-    """Save the resolved config; refuse to mix two different runs in one workdir unless asked (then keep the old one aside)."""
-    differences = config_differences(workdir, config)
-    if differences:
-        if not overwrite:
-            raise ValueError(
-                f"{workdir} holds a run with a different config (differs in: {', '.join(differences)}). "
-                "Use a new --workdir, or pass --overwrite to move the old run aside and start afresh."
-            )
-        aside = workdir.with_name(f"{workdir.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
-        shutil.move(workdir, aside)
-        logging.warning("moved the previous run in %s to %s", workdir, aside)
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "config.json").write_text(json.dumps(json.loads(config.to_json_best_effort()), indent=2, sort_keys=True))
+def due(step: int, every: int, epoch_end: int, total_steps: int) -> bool:
+    """Whether an interval of `every` steps (0: at each epoch's end) falls on `step`; the run's last step always does."""
+    return step == total_steps or (step % every == 0 if every else step == epoch_end)
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = json.dumps(v)
-    return out
+def step_with_diagnostics(train_fn, diagnose, state: TrainState, batch: dict) -> tuple[TrainState, dict, dict]:
+    """train_fn(state, batch), with the gradient/activation diagnostics before the step and the update ratios after."""
+    diag = diagnose({"params": state.params, "batch_stats": state.batch_stats}, batch)
+    params_before = jax.tree.map(jnp.copy, state.params)  # the step donates state.params
+    state, metrics = train_fn(state, batch)
+    return state, metrics, diag | update_ratio_metrics(params_before, state.params)
+
+
+def after_evaluation(run: Run, state: TrainState, record: dict, step: int, best: tuple | None):
+    """Step the plateau with the evaluation and compare it with the best so far: (state, best, improved)."""
+    if run.config.plateau.enabled:
+        monitor = run.config.plateau.monitor
+        plateau = optim.step_plateau(run.plateau_tx, state.plateau, monitor, record[monitor])
+        state = state.replace(plateau=jax.device_put(plateau, NamedSharding(run.mesh, P())))
+    value = record[run.best_metric]
+    improved = math.isfinite(value) and (best is None or (value > best[1] if higher_is_better(run.best_metric)
+                                                          else value < best[1]))
+    return state, (step, value) if improved else best, improved
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, overwrite: bool = False) -> dict[str, float]:
-    """Train (or resume) the configured run in `workdir`; returns the last epoch's record."""
+    """Train (or resume) the configured run in `workdir`; returns the last evaluation's record.
+
+    Every check (config, data, workdir, checkpoints) passes before anything is written to `workdir`. Raises
+    preemption.Preempted after checkpointing on a signal, divergence.NonFiniteError on a non-finite step.
+    """
     workdir = Path(workdir)
+    transfer.check_init_from(config.init_from)  # before any data is read: the weights to start from are there
     run = setup(config)
+    start = transfer.load_init_from(config.init_from, run.model, run.pipeline.image_shape) if config.init_from.format else None
     lead = jax.process_index() == 0
-    if lead:
-        prepare_workdir(workdir, config, overwrite)
+    changed = check_workdir(workdir, config, overwrite)
     pipeline, spe = run.pipeline, run.pipeline.steps_per_epoch
     print(f"data: {pipeline.origin}; splits {pipeline.split_sizes}; images {pipeline.image_shape}; {pipeline.num_classes} classes")
     print(f"best checkpoint by {run.best_metric}")
     print(f"model: {config.model.name} on {run.mesh.devices.size} device(s) ({jax.devices()[0].platform}); "
           f"{run.total_steps} steps of batch {config.batch_size} ({spe} per epoch)")
 
-    checkpoints = Checkpoints(workdir, keep=config.checkpoint_keep)
+    checkpoints = Checkpoints(workdir, keep=config.checkpoint_keep, best_metric=run.best_metric)
     state = init_state(run.model, run.tx, run.plateau_tx, pipeline.image_shape, config.seed, run.mesh)
-    restored = checkpoints.restore(state)
-    info = {"best": None}
-    if restored:
-        state, info = restored
+    state, info = checkpoints.restore(state) or (state, {})
+    if info:
+        check_same_data(info.get("data"), pipeline, config.data.path)
         if int(state.step) >= run.total_steps:
             checkpoints.close()
             print(f"{workdir} holds this run finished ({int(state.step)} steps): nothing to do")
             return info["record"]
-        print(f"resuming from step {int(state.step)} (epoch {int(state.step) / spe:.2f}) in {workdir}")
-    train_fn, eval_fn = compile_steps(run.model, run.tx, run.mesh, config.label_smoothing)
+        print(f"resuming from step {int(state.step)} (epoch {int(state.step) / spe:.2f}) in {workdir}"
+              + (f" with changed {', '.join(changed)}" if changed else ""))
+    elif start:
+        state = transfer.start_from(state, start, run.tx)
+        print(f"starting from the {config.init_from.format} weights in {config.init_from.path}")
+    if lead:
+        save_config(workdir, config)
+    step_model = run.model
+    if config.transfer.cache_features:  # the head alone, on features of the frozen backbone computed once here
+        step_model, pipeline = transfer.cache_features(run.model, state, pipeline, run.mesh)
+    train_fn, eval_fn = compile_steps(step_model, run.tx, run.mesh, config.label_smoothing, config.seed)
     writer = MetricWriter(workdir, resume_step=int(state.step)) if lead else None
-
     diagnose = diagnostics_fn(run.model) if config.diagnostics_every_steps else None
-
+    meter = TrainMeter(info.get("train_totals"))
+    best = checkpoints.best()  # (step, value) of the best evaluation so far
     record: dict[str, float] = info.get("record", {})
     step = int(state.step)
     num_epochs = math.ceil(run.total_steps / spe)
-    for epoch in range(step // spe, num_epochs):
-        epoch_metrics, window, t0 = [], [], time.perf_counter()
-        steps_this_epoch = min(spe, run.total_steps - epoch * spe)
-        bar = tqdm(total=steps_this_epoch, initial=step - epoch * spe, desc=f"epoch {epoch + 1}/{num_epochs}", disable=not lead, leave=False)
-        epoch_end = epoch * spe + steps_this_epoch
-        for batch in pipeline.train_batches(epoch, start_step=step - epoch * spe):
-            if step >= epoch_end:
-                break
-            diagnosing = diagnose and step % config.diagnostics_every_steps == 0
-            if diagnosing:  # every process joins the computation; the lead writes it
-                diag = diagnose({"params": state.params, "batch_stats": state.batch_stats}, batch)
-                params_before = jax.tree.map(jnp.copy, state.params)  # the step donates state.params
-            state, metrics = train_fn(state, batch)
-            if diagnosing:
-                diag |= update_ratio_metrics(params_before, state.params)
-                if lead:
-                    writer.write(step, step / spe, jax.device_get(diag))
-            step += 1
-            window.append(metrics)
-            bar.update(1)
-            if step % config.log_every_steps == 0 or step == epoch_end:
-                means = {k: float(v) for k, v in jax.device_get(_mean(window)).items()}
-                elapsed = time.perf_counter() - t0
-                scalars = {f"train/{k}": v for k, v in means.items()}
-                scalars["lr"] = float(run.schedule(step - 1)) * float(state.plateau.scale)
-                scalars["images_per_sec"] = len(window) * config.batch_size / elapsed
-                if lead:
-                    writer.write(step, step / spe, scalars)
-                bar.set_postfix(loss=f"{means['loss']:.3f}", acc=f"{means['accuracy']:.3f}", lr=f"{scalars['lr']:.2e}",
-                                img_s=f"{scalars['images_per_sec']:.0f}")
-                epoch_metrics.append((len(window), means))
-                window, t0 = [], time.perf_counter()
-        bar.close()
+    try:
+        with preemption.PreemptionGuard() as guard:
+            for epoch in range(step // spe, num_epochs):
+                epoch_end = min((epoch + 1) * spe, run.total_steps)
+                bar = tqdm(total=epoch_end - epoch * spe, initial=step - epoch * spe, desc=f"epoch {epoch + 1}/{num_epochs}",
+                           disable=not lead, leave=False)
+                t0, window = time.perf_counter(), 0
+                for batch in pipeline.train_batches(epoch, start_step=step - epoch * spe):
+                    if step >= epoch_end:
+                        break
+                    if diagnose and step % config.diagnostics_every_steps == 0:  # every process joins; the lead writes
+                        state, metrics, diag = step_with_diagnostics(train_fn, diagnose, state, batch)
+                        if lead:
+                            writer.write(step, step / spe, jax.device_get(diag))
+                    else:
+                        state, metrics = train_fn(state, batch)
+                    step, window = step + 1, window + 1
+                    meter.add(step, metrics)
+                    bar.update(1)
+                    # Sync points: the steps where the loop reads the device. Between them nothing waits for it.
+                    evaluating = due(step, config.eval_every_steps, epoch_end, run.total_steps)
+                    saving = due(step, config.checkpoint_every_steps, epoch_end, run.total_steps)
+                    sync = evaluating or saving or step % config.log_every_steps == 0 or step == epoch_end
+                    stopping = guard.stop_requested(sync)
+                    if not (sync or stopping):
+                        continue
 
-        n = sum(w for w, _ in epoch_metrics)
-        record = {f"train_epoch/{k}": sum(w * m[k] for w, m in epoch_metrics) / n for k in epoch_metrics[0][1]} if n else {}
-        for split in ("val", "test"):
-            if split in pipeline.split_sizes:
-                record.update(evaluate_split(eval_fn, state, pipeline, split))
-        record["lr"] = float(run.schedule(step - 1)) * float(state.plateau.scale)
-        if config.plateau.enabled:
-            monitored = record[config.plateau.monitor]
-            value = -monitored if higher_is_better(config.plateau.monitor) else monitored
-            _, plateau = run.plateau_tx.update({}, state.plateau, value=value)
-            state = state.replace(plateau=jax.device_put(plateau, NamedSharding(run.mesh, P())))
+                    means, nonfinite = meter.read()
+                    divergence.check(nonfinite, config.nonfinite, checkpoints.describe(checkpoints.latest_step()))
+                    lr = float(run.schedule(step - 1)) * float(state.plateau.scale)
+                    scalars = {f"train/{k}": v for k, v in means.items()} | {"lr": lr}
+                    scalars["images_per_sec"] = window * config.batch_size / (time.perf_counter() - t0)
+                    scalars |= {"train/nonfinite_steps": len(nonfinite)} if nonfinite else {}
+                    if lead:
+                        writer.write(step, step / spe, scalars)
+                    bar.set_postfix(loss=f"{means.get('loss', math.nan):.3f}", lr=f"{lr:.2e}",
+                                    img_s=f"{scalars['images_per_sec']:.0f}")
+                    event = evaluate_all(eval_fn, state, pipeline) if evaluating else {}
+                    event |= meter.epoch_record() if step == epoch_end else {}
+                    if event:
+                        record = event | {"lr": lr}
+                        if lead:
+                            writer.write(step, step / spe, record)
+                        where = f"epoch {epoch + 1}/{num_epochs} (step {step})" if step == epoch_end else f"step {step}"
+                        print(f"{where}: " + ", ".join(f"{k} {v:.4g}" for k, v in record.items()))
+                    improved = False
+                    if evaluating:
+                        state, best, improved = after_evaluation(run, state, record, step, best)
+                    if saving or improved or stopping:
+                        info = {"epoch": step / spe, "record": record, "train_totals": meter.totals,
+                                "data": data_fingerprint(pipeline)}
+                        checkpoints.save(state, info, record[run.best_metric] if evaluating else None)
+                    if stopping:
+                        guard.stop(f"saved a checkpoint at step {step} (epoch {step / spe:.2f}) in "
+                                   f"{checkpoints.manager.directory}; re-run the same command to resume")
+                    t0, window = time.perf_counter(), 0
+                bar.close()
+    finally:
+        checkpoints.close()
         if lead:
-            writer.write(step, step / spe, record)
-            print(f"epoch {epoch + 1}/{num_epochs} (step {step}): " + ", ".join(f"{k} {v:.4g}" for k, v in record.items()))
-        value, best = record[run.best_metric], info["best"]
-        improved = best is None or (value > best if higher_is_better(run.best_metric) else value < best)
-        if improved:
-            info = {"best": record[run.best_metric], "best_metric": run.best_metric, "epoch": epoch + 1}
-        checkpoints.save(state, dict(info, record=record), best=improved)
+            writer.close()
 
-    checkpoints.close()
     if lead:
-        writer.close()
         curves = plot_curves(workdir)
-        print(f"done: {workdir}/metrics.jsonl, curves {curves}, checkpoints {workdir}/checkpoints (latest) and "
-              f"{workdir}/best ({run.best_metric} {info['best']:.4f} at epoch {info.get('epoch')})")
+        best_text = f"best {run.best_metric} {best[1]:.4f} at step {best[0]}" if best else "no finite evaluation"
+        print(f"done: {workdir}/metrics.jsonl, curves {curves}, checkpoints {checkpoints.manager.directory} ({best_text})")
     return record
-
-
-def _mean(window: list[dict]) -> dict:
-    return jax.tree.map(lambda *xs: jnp.mean(jnp.stack(xs)), *window)
 
 
 def main(argv: list[str]) -> None:
@@ -362,7 +363,29 @@ def main(argv: list[str]) -> None:
         logging.set_verbosity(logging.WARNING)  # orbax logs every file operation at INFO
     if FLAGS.distributed:
         jax.distributed.initialize()
-    train_and_evaluate(FLAGS.config, FLAGS.workdir, overwrite=FLAGS.overwrite)
+    try:
+        train_and_evaluate(FLAGS.config, FLAGS.workdir, overwrite=FLAGS.overwrite)
+    except preemption.Preempted:
+        sys.exit(preemption.EXIT_CODE)  # the message is printed; the checkpoint is written
+    except divergence.NonFiniteError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(divergence.EXIT_CODE)
+    except config_lib.ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except (WorkdirError, CheckpointError, data_lib.DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, after refusing unknown --config.<key> overrides with the nearest valid keys."""
+    try:
+        config_lib.check_override_keys(argv)
+    except config_lib.ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    return app.parse_flags_with_usage(argv)
 
 
 if __name__ == "__main__":
@@ -372,4 +395,4 @@ if __name__ == "__main__":
     flags.DEFINE_bool("overwrite", False, "if --workdir holds a run with another config, move it aside and start afresh")
     flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() first (multi-host runs)")
     flags.mark_flags_as_required(["config", "workdir"])
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

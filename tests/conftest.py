@@ -1,10 +1,35 @@
-"""Shared fixtures: small MNIST-format files the tests write themselves."""
+"""Shared fixtures: small MNIST-format files the tests write themselves; one XLA compilation cache per session."""
 
 import gzip
+import os
+import shutil
 import struct
+import sys
+import tempfile
 
 import numpy as np
 import pytest
+
+# torch._dynamo (imported by torchvision and by torch's optimizers) loads triton, whose LLVM segfaults a process that
+# already holds TensorFlow's. The tests use torch on the CPU only, where triton is never needed: hide it.
+sys.modules.setdefault("triton", None)
+
+
+def pytest_configure(config):
+    """Compile each distinct program once per session, also across the training subprocesses the tests start.
+
+    The tests' runs and subprocesses compile the same tiny programs again and again; JAX's persistent cache (read from
+    these variables when jax is imported, and inherited by subprocesses) turns the repeats into cache hits.
+    """
+    if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+        config.xla_cache = os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="resnet-jax-tests-xla-")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+
+def pytest_unconfigure(config):
+    if hasattr(config, "xla_cache"):
+        shutil.rmtree(config.xla_cache, ignore_errors=True)
 
 
 def _write_idx(path, array, gz=False):

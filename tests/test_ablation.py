@@ -9,7 +9,7 @@ import pytest
 from flax import struct
 
 from resnet_jax.checkpoints import Checkpoints
-from resnet_jax.train import prepare_workdir
+from resnet_jax.workdir import check_workdir, save_config
 from scripts import ablation
 from scripts.ablation import Cell
 
@@ -61,7 +61,7 @@ def write_events(workdir: Path, train_accuracy: float, test_accuracy: float, ste
 def fake_run(root: Path, cell: Cell, train_accuracy: float, test_accuracy: float) -> None:
     """A finished cell as the runner leaves it: config.json, metrics.jsonl and ablation.json."""
     workdir = root / cell.name
-    prepare_workdir(workdir, ablation.cell_config(cpu_config, cell, {}), overwrite=False)
+    save_config(workdir, ablation.cell_config(cpu_config, cell, {}))
     write_events(workdir, train_accuracy, test_accuracy)
     status = {"done": True, "seconds": 10.0, "params": 1000 * cell.depth, "command": "python scripts/ablation.py run",
               "device": "1 x cpu (cpu)", "cpu": "AMD EPYC, 2 cores", "commit": "abc123", "date": "2026-01-01T00:00:00+00:00",
@@ -78,7 +78,8 @@ def test_finished_cells_are_skipped_and_unfinished_ones_resumed(tmp_path, monkey
 
     def fake_train(config, workdir, overwrite=False):
         calls.append((config.model.name, config.seed, Path(workdir)))
-        prepare_workdir(Path(workdir), config, overwrite)
+        check_workdir(Path(workdir), config, overwrite)
+        save_config(Path(workdir), config)
         if config.model.name == "plain20" and len(calls) < 4:
             raise Preempted  # the first attempt at plain20 dies before it finishes
         write_events(Path(workdir), 0.9, 0.8)

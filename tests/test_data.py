@@ -1,22 +1,26 @@
-"""resnet_jax.data: readers on small files the tests write, tfds under mock_data, augmentation, pipeline properties."""
+"""resnet_jax.data: readers on small files the tests write, bad files and configs refused early and clearly, tfds
+under mock_data (where tfds is installed), augmentation, pipeline properties."""
 
 import gzip
+import io
+import json
 import os
 import pickle
 import re
+import struct
 import subprocess
 import sys
 import tarfile
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 from PIL import Image
 
-from resnet_jax.data import DataError, Dataset, augment, default_config, load_dataset, make_pipeline
+from resnet_jax.data import DataError, Dataset, augment, default_config, load_dataset, make_pipeline, sources
 from resnet_jax.data import __main__ as data_main
-from resnet_jax.data.sources import CIFAR, CLASS_NAMES
+from resnet_jax.data.sources import CIFAR, CLASS_NAMES, validate_config
 
 RNG = np.random.default_rng(0)
 
@@ -79,6 +83,8 @@ def test_idx_files_gz_and_plain_with_val_and_subset(idx_dir):
     (lambda raw: b"\x00\x00\x0d\x03" + raw[4:], "not an unsigned-byte IDX"),
     (lambda raw: raw + b"extra", "truncated or corrupt"),
     (lambda raw: gzip.compress(raw)[:-20], "corrupt or truncated gzip"),
+    (lambda raw: (lambda z: z[:20] + bytes(b ^ 0x5A for b in z[20:40]) + z[40:])(gzip.compress(raw)),
+     "corrupt or truncated gzip"),
 ])
 def test_idx_corrupt_files_are_named(idx_dir, damage, message):
     path, _ = idx_dir
@@ -87,6 +93,116 @@ def test_idx_corrupt_files_are_named(idx_dir, damage, message):
     with pytest.raises(DataError, match=message) as e:
         load_dataset(config(name="fashion_mnist", source="idx", path=str(path)))
     assert str(bad) in str(e.value)
+
+
+def write_split(write_idx, root, prefix, images, labels):
+    write_idx(root / f"{prefix}-images-idx3-ubyte", images)
+    write_idx(root / f"{prefix}-labels-idx1-ubyte", labels)
+
+
+def test_idx_labels_outside_the_classes_name_the_file_and_the_fix(idx_dir, write_idx):
+    path, arrays = idx_dir
+    labels = arrays["t10k"][1].copy()
+    labels[1] = 200
+    write_split(write_idx, path, "t10k", arrays["t10k"][0], labels)
+    with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte: label 200 of example 1 is outside the 10 classes "
+                                        r"0..9; these are not fashion_mnist labels.*data.num_classes"):
+        load_dataset(config(name="fashion_mnist", source="idx", path=str(path)))
+
+
+def test_idx_of_an_unknown_name_needs_num_classes(idx_dir):
+    path, arrays = idx_dir
+    with pytest.raises(ValueError, match="data.name='kmnist' is not one of mnist, fashion_mnist: set data.num_classes"):
+        load_dataset(config(name="kmnist", source="idx", path=str(path)))
+    data = load_dataset(config(name="kmnist", source="idx", path=str(path), num_classes=10))
+    assert data.num_classes == 10 and data.class_names == [str(i) for i in range(10)]
+    top = int(max(arrays["train"][1].max(), arrays["t10k"][1].max()))
+    with pytest.raises(DataError, match=f"label {top} .* outside the {top} classes.*if kmnist has more classes"):
+        load_dataset(config(name="kmnist", source="idx", path=str(path), num_classes=top))
+    with pytest.raises(DataError, match=r"data.num_classes=7 but the data \(IDX files in .*\) has 10 classes"):
+        load_dataset(config(name="fashion_mnist", source="idx", path=str(path), num_classes=7))
+
+
+@pytest.mark.parametrize("test_images, test_labels, message", [
+    (np.zeros((3, 28, 28), np.uint8), np.zeros(2, np.uint8), r"\(3, 28, 28\) and .* \(2,\) are not N images with N labels"),
+    (np.zeros((0, 28, 28), np.uint8), np.zeros(0, np.uint8), "the test split of IDX files in .* holds no images"),
+    (np.zeros((3, 32, 32), np.uint8), np.zeros(3, np.uint8), "hold images of different shapes.*set image_size=N"),
+])
+def test_idx_splits_that_do_not_fit_together(idx_dir, write_idx, test_images, test_labels, message):
+    path, _ = idx_dir
+    write_split(write_idx, path, "t10k", test_images, test_labels)
+    with pytest.raises(DataError, match=message):
+        load_dataset(config(name="fashion_mnist", source="idx", path=str(path)))
+
+
+def test_val_size_and_train_subset_must_fit_the_train_split(idx_dir):
+    path, _ = idx_dir  # 7 train images
+    with pytest.raises(DataError, match=r"val_size=7 must be in \[0, 7\) for a train split of 7 images"):
+        load_dataset(config(name="fashion_mnist", source="idx", path=str(path), val_size=7))
+    with pytest.raises(DataError, match="train_subset=6 but the train split has 5 images .after val_size=2."):
+        load_dataset(config(name="fashion_mnist", source="idx", path=str(path), val_size=2, train_subset=6))
+    assert len(load_dataset(config(name="fashion_mnist", source="idx", path=str(path), val_size=2,
+                                   train_subset=5)).splits["train"][1]) == 5
+
+
+BAD_CONFIGS = [
+    (dict(train_subset=-5), "data.train_subset=-5 must be a whole number >= 0"),
+    (dict(val_size=-1), "data.val_size=-1 must be a whole number >= 0"),
+    (dict(image_size=-3), "data.image_size=-3 must be a whole number >= 0"),
+    (dict(image_size=True), "data.image_size=True must be a whole number >= 0"),
+    (dict(image_size=None), "data.image_size=None must be a whole number >= 0"),
+    (dict(eval_batch_size=-8), "data.eval_batch_size=-8 must be a whole number >= 0"),
+    (dict(num_classes=-1), "data.num_classes=-1 must be a whole number >= 0"),
+    (dict(channels=2), r"data.channels=2 must be 0 \(keep\), 1 or 3"),
+    (dict(pad_to_32=True, image_size=64), "data.pad_to_32 zero-pads .* data.image_size=64 makes them larger"),
+    (dict(source="web"), "unknown data.source 'web'; choose one of tfds, idx, cifar, folder"),
+    (dict(augment="rotate"), "unknown data.augment 'rotate'; choose one of none, crop"),
+    (dict(normalize="zscore"), "unknown data.normalize 'zscore'; choose one of channel, pixel_mean, imagenet, none"),
+    (dict(in_memory="yes"), "unknown data.in_memory 'yes'"),
+    (dict(in_memory=False), "in_memory=False streams from tfds or an image folder; source='idx' is read into memory"),
+    (dict(name=""), "data.name is empty"),
+    (dict(val_sise=5), r"unknown data key\(s\) 'val_sise' \(did you mean 'val_size'\?\)"),
+    (dict(path="/no/such/dir"), "data.path='/no/such/dir' does not exist"),
+    (dict(source="cifar", name="cifar10", path="/no/such/dir"), "data.path='/no/such/dir' does not exist"),
+    (dict(source="cifar", name="mnist"), "source='cifar' reads cifar10 or cifar100, not 'mnist'"),
+    (dict(source="cifar", name="cifar10", path=""), "source='cifar' needs path=DIR holding cifar-10-batches-py/"),
+    (dict(source="folder", path=""), "source='folder' needs path=DIR laid out as path/train/<class>"),
+    (dict(name="kmnist", num_classes=10, path=""), "source='idx' needs path=DIR holding train-images-idx3-ubyte"),
+    (dict(source="tfds", manual_dir="/no/such/dir"), "data.manual_dir='/no/such/dir' is not a directory"),
+]
+
+
+@pytest.mark.parametrize("overrides, message", BAD_CONFIGS,
+                         ids=[",".join(f"{k}={v}" for k, v in o.items()) for o, _ in BAD_CONFIGS])
+def test_bad_data_configs_fail_before_anything_is_read(idx_dir, monkeypatch, overrides, message):
+    path, _ = idx_dir
+    c = config(name="fashion_mnist", source="idx", path=str(path))
+    c.update(overrides)
+
+    def no_reading(*args):
+        raise AssertionError("a file was read before the config was checked")
+
+    monkeypatch.setattr(sources, "read_idx", no_reading)
+    monkeypatch.setattr(sources, "open_tfds", no_reading)
+    for check in (validate_config, load_dataset, lambda c: make_pipeline(c, 8, mesh(), 0)):
+        with pytest.raises(ValueError, match=message):
+            check(c)
+
+
+def test_a_data_config_saved_before_num_classes_existed_still_loads(idx_dir):
+    """A run's config.json written before data.num_classes (evaluate reads it back): missing keys take defaults."""
+    path, _ = idx_dir
+    saved = json.loads(config(name="fashion_mnist", source="idx", path=str(path)).to_json_best_effort())
+    del saved["num_classes"]
+    old = ml_collections.ConfigDict(saved)
+    validate_config(old)
+    assert load_dataset(old).num_classes == make_pipeline(old, 4, mesh(), 0).num_classes == 10
+
+
+def test_a_file_given_for_a_directory(idx_dir):
+    path, _ = idx_dir
+    with pytest.raises(DataError, match="is a file; source='folder' reads a directory laid out as path/train"):
+        load_dataset(config(name="signs", source="folder", path=str(path / "t10k-images-idx3-ubyte")))
 
 
 def test_cli_describes_the_data_and_draws_the_grid(idx_dir, tmp_path, capsys):
@@ -99,8 +215,11 @@ def test_cli_describes_the_data_and_draws_the_grid(idx_dir, tmp_path, capsys):
     printed_mean = float(re.search(r"per channel: mean \[([\d.]+)\]", out).group(1))
     assert abs(printed_mean - arrays["train"][0][:5].mean()) < 0.01
     assert Image.open(grid).size[0] > 100
+    (tmp_path / "empty").mkdir()
     with pytest.raises(SystemExit, match="IDX files for 'mnist' not found"):
         data_main.main(["mnist", "--source", "idx", "--path", str(tmp_path / "empty")])
+    with pytest.raises(SystemExit, match=r"error: data.channels=2 must be 0 \(keep\), 1 or 3"):
+        data_main.main(["fashion_mnist", "--source", "idx", "--path", str(path), "--channels", "2"])
 
 
 def test_missing_files_say_where_they_were_looked_for(tmp_path):
@@ -110,19 +229,17 @@ def test_missing_files_say_where_they_were_looked_for(tmp_path):
     with pytest.raises(DataError, match="cifar-10-python.tar.gz"):
         load_dataset(config(name="cifar10", source="cifar", path=str(tmp_path)))
     with pytest.raises(DataError, match="path/train/<class>"):
-        load_dataset(config(name="signs", source="folder", path=str(tmp_path / "nothing")))
+        load_dataset(config(name="signs", source="folder"))
 
 
-def test_unknown_dataset_and_source():
+def test_unknown_tfds_dataset():
     with pytest.raises(DataError, match="unknown dataset 'no_such_dataset'.*catalog"):
         load_dataset(config(name="no_such_dataset", source="tfds"))
-    with pytest.raises(DataError, match="unknown source"):
-        load_dataset(config(source="web"))
-    with pytest.raises(DataError, match="cifar10 or cifar100"):
-        load_dataset(config(name="mnist", source="cifar", path="/tmp"))
 
 
 def test_tfds_not_prepared_offline_is_a_clear_error(tmp_path, monkeypatch):
+    import tensorflow_datasets as tfds
+
     def offline(*args, **kwargs):
         raise ConnectionError("no network")
 
@@ -132,7 +249,33 @@ def test_tfds_not_prepared_offline_is_a_clear_error(tmp_path, monkeypatch):
     assert str(tmp_path) in str(e.value) and isinstance(e.value.__cause__, ConnectionError)
 
 
-def write_cifar(root, name):
+class Py2Pickler(pickle._Pickler):
+    """Pickles as Python 2's cPickle did the CIFAR archives: str and bytes as py2 strings (read back as bytes)."""
+
+    dispatch = pickle._Pickler.dispatch.copy()
+
+    def save_bytes(self, obj):
+        n = len(obj)
+        self.write(pickle.SHORT_BINSTRING + bytes([n]) + obj if n < 256 else pickle.BINSTRING + struct.pack("<i", n) + obj)
+        self.memoize(obj)
+
+    def save_str(self, obj):
+        self.save_bytes(obj.encode("latin-1"))
+
+    dispatch[bytes] = save_bytes
+    dispatch[str] = save_str
+
+
+def dumps(obj, py2=False):
+    """py2: protocol 2 with numpy 1's module paths, as the archives on the CIFAR site; else this Python's default."""
+    if not py2:
+        return pickle.dumps(obj)
+    buffer = io.BytesIO()
+    Py2Pickler(buffer, protocol=2).dump(obj)
+    return buffer.getvalue().replace(b"numpy._core.multiarray\n", b"numpy.core.multiarray\n")
+
+
+def write_cifar(root, name, py2=False):
     """A small python-pickle CIFAR archive (folder and .tar.gz); returns {split: (rows of 3072, labels)}, names."""
     folder, archive, train, test, meta, label_key, names_key = CIFAR[name]
     num_classes = 10 if name == "cifar10" else 100
@@ -142,22 +285,30 @@ def write_cifar(root, name):
         rows, labels = [], []
         for member in members:
             batch = {b"data": RNG.integers(0, 256, (3, 3072), dtype=np.uint8),
-                     label_key: RNG.integers(0, num_classes, 3).tolist()}
-            (root / folder / member).write_bytes(pickle.dumps(batch))
+                     label_key: RNG.integers(0, num_classes, 3).tolist(), b"batch_label": member.encode(),
+                     b"filenames": [f"{member}_{i}.png".encode() for i in range(3)]}
+            (root / folder / member).write_bytes(dumps(batch, py2))
             rows.append(batch[b"data"])
             labels += batch[label_key]
         written[split] = np.concatenate(rows), np.array(labels)
     names = [f"class{i}" for i in range(num_classes)]
-    (root / folder / meta).write_bytes(pickle.dumps({names_key: [n.encode() for n in names]}))
-    with tarfile.open(root / archive, "w:gz") as tar:
-        tar.add(root / folder, arcname=folder)
+    (root / folder / meta).write_bytes(dumps({names_key: [n.encode() for n in names]}, py2))
+    tar_cifar(root, name)
     return written, names
 
 
-@pytest.mark.parametrize("name", ["cifar10", "cifar100"])
-def test_cifar_archive_folder_and_tarball(tmp_path, name):
-    written, names = write_cifar(tmp_path, name)
+def tar_cifar(root, name):
     folder, archive = CIFAR[name][:2]
+    with tarfile.open(root / archive, "w:gz") as tar:
+        tar.add(root / folder, arcname=folder)
+
+
+@pytest.mark.parametrize("name, py2", [("cifar10", True), ("cifar100", False)], ids=["cifar10-py2", "cifar100-py3"])
+def test_cifar_archive_folder_and_tarball(tmp_path, name, py2):
+    written, names = write_cifar(tmp_path, name, py2)
+    folder, archive = CIFAR[name][:2]
+    if py2:  # what the restricted unpickler must allow: exactly numpy 1's array constructors
+        assert b"cnumpy.core.multiarray\n_reconstruct" in (tmp_path / folder / "data_batch_1").read_bytes()
     from_folder = load_dataset(config(name=name, source="cifar", path=str(tmp_path)))
     from_tar = load_dataset(config(name=name, source="cifar", path=str(tmp_path / archive)))
     assert "tar.gz" in from_tar.origin and from_folder.class_names == from_tar.class_names == names
@@ -170,9 +321,74 @@ def test_cifar_archive_folder_and_tarball(tmp_path, name):
         np.testing.assert_array_equal(from_folder.splits[split][1], labels)
         np.testing.assert_array_equal(from_tar.splits[split][0], images)
 
-    (tmp_path / folder / CIFAR[name][3][0]).unlink()  # drop the test batch
-    with pytest.raises(DataError, match="not a complete"):
-        load_dataset(config(name=name, source="cifar", path=str(tmp_path / folder)))
+
+class RunsCode:
+    """A pickle payload: unpickling it calls `call(*args)`."""
+
+    def __init__(self, call, *args):
+        self.call, self.args = call, args
+
+    def __reduce__(self):
+        return self.call, self.args
+
+
+@pytest.mark.parametrize("where", ["folder", "tar.gz"])
+@pytest.mark.parametrize("payload, named", [
+    (lambda marker: RunsCode(os.system, f"touch {marker}"), f"{os.system.__module__}.system"),
+    (lambda marker: RunsCode(exec, f"open({str(marker)!r}, 'w').close()"), "builtins.exec"),
+])
+def test_crafted_cifar_pickle_is_refused_and_its_code_never_runs(tmp_path, where, payload, named):
+    write_cifar(tmp_path, "cifar10")
+    control, marker = tmp_path / "control", tmp_path / "pwned"
+    pickle.loads(pickle.dumps(payload(control)))  # the payload works: a plain unpickler runs it
+    assert control.exists()
+    batch = {b"data": np.zeros((3, 3072), np.uint8), b"labels": [0, 1, 2], b"filenames": payload(marker)}
+    (tmp_path / "cifar-10-batches-py" / "data_batch_2").write_bytes(pickle.dumps(batch))
+    tar_cifar(tmp_path, "cifar10")
+    path = tmp_path / ("cifar-10-batches-py" if where == "folder" else "cifar-10-python.tar.gz")
+    with pytest.raises(DataError, match=rf"data_batch_2 is not a CIFAR batch: its pickle names {named}.*"
+                                        "refused without running anything"):
+        load_dataset(config(name="cifar10", source="cifar", path=str(path)))
+    assert not marker.exists()
+
+
+def _replace_batch(member, batch):
+    def damage(folder):
+        (folder / member).write_bytes(pickle.dumps(batch))
+    return damage
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda folder: (folder / "data_batch_3").unlink(), "has no data_batch_3: the archive is incomplete"),
+    (lambda folder: (folder / "test_batch").unlink(), "has no test_batch: the archive is incomplete"),
+    (lambda folder: (folder / "data_batch_2").write_bytes((folder / "data_batch_2").read_bytes()[:500]),
+     "data_batch_2 is not a complete CIFAR pickle"),
+    (_replace_batch("data_batch_1", {b"data": np.zeros((3, 1024), np.uint8), b"labels": [0, 1, 2]}),
+     r"b'data' is \(3, 1024\) uint8, expected \(N, 3072\) uint8"),
+    (_replace_batch("data_batch_1", {b"data": np.zeros((3, 3072), np.float32), b"labels": [0, 1, 2]}),
+     r"b'data' is \(3, 3072\) float32, expected"),
+    (_replace_batch("data_batch_1", {b"data": np.zeros((3, 3072), np.uint8), b"labels": [0, 1]}),
+     "labels for 3 images"),
+    (_replace_batch("test_batch", {b"data": np.zeros((3, 3072), np.uint8), b"labels": [0, 10, 2]}),
+     "test_batch: label 10 of example 1 is outside the 10 classes 0..9"),
+    (_replace_batch("data_batch_4", [1, 2, 3]), "data_batch_4 is not a CIFAR batch: expected a dict"),
+    (_replace_batch("batches.meta", {b"names": []}), "batches.meta holds no list of class names"),
+])
+def test_damaged_cifar_archives_are_named(tmp_path, damage, message):
+    write_cifar(tmp_path, "cifar10")
+    damage(tmp_path / "cifar-10-batches-py")
+    with pytest.raises(DataError, match=message):
+        load_dataset(config(name="cifar10", source="cifar", path=str(tmp_path / "cifar-10-batches-py")))
+
+
+def test_truncated_cifar_tarball_is_named(tmp_path):
+    write_cifar(tmp_path, "cifar10")
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    raw = archive.read_bytes()
+    for cut, message in ((len(raw) // 2, "truncated or corrupt"), (100, "is not a readable tar archive")):
+        archive.write_bytes(raw[:cut])
+        with pytest.raises(DataError, match=message):
+            load_dataset(config(name="cifar10", source="cifar", path=str(archive)))
 
 
 def write_png(path, array):
@@ -180,14 +396,22 @@ def write_png(path, array):
     Image.fromarray(array).save(path)
 
 
-def test_image_folder(tmp_path):
+def write_folder(root, shape=(6, 5, 3), splits=(("train", {"cat": 3, "dog": 2}), ("test", {"cat": 1, "dog": 2}))):
+    """<root>/<split>/<class>/<i>.png of random images; returns {image bytes: class}."""
     written = {}
-    for split, per_class in (("train", {"cat": 3, "dog": 2}), ("test", {"cat": 1, "dog": 2})):
+    for split, per_class in splits:
         for label, n in per_class.items():
             for i in range(n):
-                image = RNG.integers(0, 256, (6, 5, 3), dtype=np.uint8)
-                write_png(tmp_path / split / label / f"{i}.png", image)
+                image = RNG.integers(0, 256, shape, dtype=np.uint8)
+                write_png(root / split / label / f"{i}.png", image)
                 written[image.tobytes()] = label
+    return written
+
+
+def test_image_folder(tmp_path):
+    written = write_folder(tmp_path)
+    (tmp_path / "train" / "cat" / ".DS_Store").write_bytes(b"\0")  # hidden files are ignored
+    (tmp_path / "README.md").write_text("files beside the split folders are ignored")
     data = load_dataset(config(name="signs", source="folder", path=str(tmp_path), val_size=1))
     assert data.class_names == ["cat", "dog"]
     assert {k: len(y) for k, (_, y) in data.splits.items()} == {"train": 4, "val": 1, "test": 3}
@@ -196,22 +420,95 @@ def test_image_folder(tmp_path):
         assert [written[x.tobytes()] for x in images] == [data.class_names[y] for y in labels]
 
     write_png(tmp_path / "train" / "dog" / "odd.png", RNG.integers(0, 256, (9, 9, 3), dtype=np.uint8))
-    with pytest.raises(DataError, match="odd.png.*share one shape.*image_size"):
+    with pytest.raises(DataError, match="odd.png.*share one shape; set data.image_size=N"):
         load_dataset(config(name="signs", source="folder", path=str(tmp_path)))
     resized = load_dataset(config(name="signs", source="folder", path=str(tmp_path), image_size=4))
     assert resized.splits["train"][0].shape == (6, 4, 4, 3)
 
 
-def write_tfds_metadata(root, name, num_examples):
+def test_image_folder_reads_as_tfds_image_folder_does(tmp_path):
+    """Same classes, same example order (sorted, then shuffled with the split's name as seed), same pixels."""
+    import tensorflow_datasets as tfds
+    splits = (("train", {"b": 4, "a": 5, "c": 3}), ("val", {"a": 2, "b": 2}), ("test", {"c": 2, "a": 1}))
+    write_folder(tmp_path, (4, 3, 3), splits)
+    ours = load_dataset(config(name="letters", source="folder", path=str(tmp_path)))
+    builder = tfds.folder_dataset.ImageFolder(str(tmp_path))
+    assert ours.class_names == builder.info.features["label"].names == ["a", "b", "c"]
+    for split in ("train", "val", "test"):
+        theirs = list(tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False)))
+        np.testing.assert_array_equal(ours.splits[split][0], np.stack([ex["image"] for ex in theirs]))
+        np.testing.assert_array_equal(ours.splits[split][1], [ex["label"] for ex in theirs])
+
+
+def test_resize_is_within_one_grey_level_of_tf_image(tmp_path):
+    """Local files are resized with PIL, streamed tfds data with tf.image: the two agree to one level."""
+    import tensorflow as tf
+    for shape, size in (((28, 28, 1), 32), ((32, 32, 3), 24), ((75, 100, 3), 32), ((40, 60, 3), 64)):
+        image = RNG.integers(0, 256, shape, dtype=np.uint8)
+        ours, theirs = sources.resize_image(image, size), sources.resize(tf.constant(image), size).numpy()
+        assert ours.shape == theirs.shape == (size, size, shape[-1])
+        difference = np.abs(ours.astype(int) - theirs)
+        assert difference.max() <= 1 and difference.mean() < 0.05, (shape, size, difference.mean())
+
+
+def test_grayscale_folder_gives_one_channel_and_channels_3_rgb(tmp_path):
+    write_folder(tmp_path, (5, 5))
+    gray = load_dataset(config(name="signs", source="folder", path=str(tmp_path)))
+    rgb = load_dataset(config(name="signs", source="folder", path=str(tmp_path), channels=3))
+    assert gray.splits["train"][0].shape == (5, 5, 5, 1) and rgb.splits["train"][0].shape == (5, 5, 5, 3)
+    np.testing.assert_array_equal(rgb.splits["train"][0], gray.splits["train"][0].repeat(3, -1))
+    write_png(tmp_path / "train" / "dog" / "colour.png", RNG.integers(0, 256, (5, 5, 3), dtype=np.uint8))
+    with pytest.raises(DataError, match=r"is \(5, 5, 3\) \(HWC\) but .* is \(5, 5, 1\).*set data.channels=3"):
+        load_dataset(config(name="signs", source="folder", path=str(tmp_path)))
+    assert load_dataset(config(name="signs", source="folder", path=str(tmp_path), channels=3)).num_classes == 2
+
+
+def _write(relative, content):
+    def damage(root):
+        (root / relative).parent.mkdir(parents=True, exist_ok=True)
+        (root / relative).write_bytes(content)
+    return damage
+
+
+def _png_bytes(array):
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("damage, message", [
+    (_write("train/cat/notes.txt", b"x"), "notes.txt is not a .png/.jpg/.jpeg image file"),
+    (_write("train/cat/scan.bmp", _png_bytes(np.zeros((6, 5, 3), np.uint8))), "scan.bmp is not a .png/.jpg/.jpeg"),
+    (_write("train/cat/garbage.png", b"not a png at all"), "garbage.png could not be read as an image"),
+    (_write("test/dog/cut.png", _png_bytes(RNG.integers(0, 256, (6, 5, 3), dtype=np.uint8))[:60]),
+     "cut.png could not be read as an image"),
+    (_write("train/cat/deep.png", _png_bytes(np.zeros((6, 5), np.uint16))), "deep.png has PIL mode 'I;16'"),
+    (lambda root: (root / "train" / "bird").mkdir(), r"class folder .*train/bird holds no images"),
+    (_write("test/bird/0.png", _png_bytes(np.zeros((6, 5, 3), np.uint8))), r"class folder\(s\) \['bird'\] that"),
+    (_write("train/loose.png", _png_bytes(np.zeros((6, 5, 3), np.uint8))), "loose.png is not in a class folder"),
+    (lambda root: (root / "extra").mkdir(), r"holds split folders \['extra', 'test', 'train'\]; expected"),
+    (lambda root: (root / "test" / "dog" / "folder.png").mkdir(), "folder.png is not a .png/.jpg/.jpeg image file"),
+])
+def test_bad_image_folders_are_named(tmp_path, damage, message):
+    write_folder(tmp_path)
+    damage(tmp_path)
+    with pytest.raises(DataError, match=message):
+        load_dataset(config(name="signs", source="folder", path=str(tmp_path)))
+
+
+def write_tfds_metadata(root, name, num_examples, splits=("train", "test")):
     """The metadata tfds.testing.mock_data needs to know the splits (MockPolicy.USE_FILES)."""
+    import tensorflow_datasets as tfds
+
     builder = tfds.builder(name, data_dir=str(root))
     builder.info.set_splits(tfds.core.SplitDict(
-        [tfds.core.SplitInfo(name=s, shard_lengths=[num_examples], num_bytes=0) for s in ("train", "test")]))
+        [tfds.core.SplitInfo(name=s, shard_lengths=[num_examples], num_bytes=0) for s in splits]))
     os.makedirs(builder.data_dir)
     builder.info.write_to_directory(builder.data_dir)
 
 
 def test_tfds_in_memory_and_streamed_under_mock_data(tmp_path):
+    import tensorflow_datasets as tfds
     n = 24
     write_tfds_metadata(tmp_path, "fashion_mnist", n)
     with tfds.testing.mock_data(num_examples=n, policy=tfds.testing.MockPolicy.USE_FILES, data_dir=str(tmp_path)):
@@ -326,7 +623,7 @@ def test_normalization_and_images_paired_with_labels(normalize):
 
 def test_config_errors():
     data = tiny_dataset()
-    with pytest.raises(ValueError, match="unknown augment 'rotate'"):
+    with pytest.raises(ValueError, match="unknown data.augment 'rotate'"):
         make_pipeline(config(augment="rotate"), 8, mesh(), 0, dataset=data)
     with pytest.raises(ValueError, match="in_memory=False streams from tfds"):
         make_pipeline(config(source="idx", in_memory=False), 8, mesh(), 0)

@@ -103,6 +103,7 @@ def test_float16_overflowing_step_is_skipped_halves_the_scale_and_growth_doubles
     step = jax.jit(partial(train_step, model=model, tx=TX))
     skipped, metrics = step(state, BATCH)  # the loss times 2**100 overflows float16 in the backward pass
     assert float(metrics["overflow"]) == 1.0 and np.isfinite(float(metrics["loss"]))
+    assert float(metrics["nonfinite"]) == 0.0  # the scale's normal work: not a divergence (nonfinite='stop' goes on)
     assert int(skipped.step) == 1 and float(skipped.loss_scale.scale) == 2.0**99
     for part in ("params", "opt_state", "batch_stats", "plateau"):
         chex.assert_trees_all_equal(getattr(skipped, part), getattr(state, part))

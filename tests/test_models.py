@@ -131,6 +131,26 @@ def test_jit_and_eager_agree(resnet20_and_batch):
     chex.assert_trees_all_close(eager, jitted, rtol=1e-5, atol=1e-5)
 
 
+def test_plain_twin_drops_the_addition(resnet20_and_batch):
+    """Option A has no shortcut parameters, so counting them cannot tell the twins apart: run them instead. With
+    the last BN of each block zeroed, a residual block outputs its (post-ReLU) input, subsampled and zero-padded
+    where the stage changes; the plain block outputs relu(0) = 0. Same parameters, so only the addition differs."""
+    residual, variables, x = resnet20_and_batch
+    flat = traverse_util.flatten_dict(variables["params"])
+    flat = {k: jnp.zeros_like(v) if k[-2:] == ("BatchNorm_1", "scale") else v for k, v in flat.items()}
+    variables = dict(variables, params=traverse_util.unflatten_dict(flat))
+    inter = {}
+    for which, model in (("residual", residual), ("plain", create_model("plain20", 10))):
+        _, state = model.apply(variables, x, capture_intermediates=True, mutable=["intermediates"])
+        inter[which] = {k: v["__call__"][0] for k, v in state["intermediates"].items() if "__call__" in v}
+    stem = jax.nn.relu(inter["residual"]["stem_norm"])
+    np.testing.assert_allclose(inter["residual"]["stage1_block3"], stem, atol=1e-6)
+    padded = jnp.pad(stem[:, ::2, ::2], ((0, 0), (0, 0), (0, 0), (0, 16)))
+    np.testing.assert_allclose(inter["residual"]["stage2_block1"], padded, atol=1e-6)
+    for block in ("stage1_block1", "stage2_block1", "stage3_block3"):
+        np.testing.assert_array_equal(inter["plain"][block], 0)
+
+
 def test_zero_init_residual_zeroes_the_last_bn_scale_of_each_block():
     model = create_model("resnet20", 10, zero_init_residual=True)
     params = model.init(jax.random.key(0), jnp.ones((1, 32, 32, 3)))["params"]
@@ -159,10 +179,38 @@ def test_bad_names_depths_and_options_fail_with_a_clear_message(name, kw, messag
 
 
 def test_list_models_names_all_build():
+    """Every listed name is traced (init with a training-mode forward pass, abstractly: no FLOPs), but the four of
+    depth >= 1000, whose tracing alone takes about a minute on 2 cores: their stages are checked instead."""
     names = list_models()
-    assert {"resnet20", "resnet1202", "preact_resnet1001", "resnet200", "plain56", "plain18", "preact_plain164"} <= set(names)
+    assert {"resnet20", "resnet1202", "preact_resnet1001", "resnet200", "plain56", "plain18", "preact_plain164",
+            "cifar_resnet50", "cifar_plain200"} <= set(names)
+    x = jax.ShapeDtypeStruct((2, 16, 16, 3), jnp.float32)
     for name in names:
-        create_model(name, 10)  # construction validates the name and options
+        model = create_model(name, 10)
+        if int(re.search(r"\d+", name).group()) >= 1000:  # the depth, not "101_2" read as 1012
+            assert model.stage_sizes == ((200,) * 3 if model.block == "basic" else (111,) * 3)
+            continue
+        logits, variables = jax.eval_shape(lambda x: model.init_with_output(jax.random.key(0), x, train=True), x)
+        assert logits.shape == (2, 10) and set(variables) == {"params", "batch_stats"}, name
+
+
+@pytest.mark.parametrize("name, stem, stages", [
+    ("resnet50", "imagenet", (3, 4, 6, 3)),
+    ("cifar_resnet50", "cifar", (8, 8, 8)),
+    ("plain152", "imagenet", (3, 8, 36, 3)),
+    ("cifar_plain152", "cifar", (25, 25, 25)),
+    ("resnet200", "imagenet", (3, 24, 36, 3)),
+    ("cifar_resnet200", "cifar", (33, 33, 33)),
+    ("cifar_resnet56", "cifar", (9, 9, 9)),
+])
+def test_depths_valid_for_both_families_have_a_cifar_name(name, stem, stages):
+    """50, 152 and 200 are ImageNet depths and 6n+2 too: resnet<d> is the ImageNet net, cifar_resnet<d> the CIFAR one."""
+    model = create_model(name, 10)
+    assert (model.stem, tuple(model.stage_sizes), model.residual) == (stem, stages, "plain" not in name)
+    if stem == "cifar":
+        assert (model.block, model.version, model.shortcut, tuple(model.widths)) == ("basic", "v1", "A", (16, 32, 64))
+    with pytest.raises(ValueError, match=r"CIFAR ResNet depth must be 6n\+2 .*; got 18"):
+        create_model("cifar_resnet18", 10)
 
 
 def test_summary_cli_prints_parameter_count(capsys):
@@ -170,3 +218,55 @@ def test_summary_cli_prints_parameter_count(capsys):
     out = capsys.readouterr().out
     assert "trainable parameters: 269,722" in out
     assert "multiply-adds" in out
+
+
+@pytest.mark.parametrize(
+    "name, num_classes, trainable, total",
+    [
+        # torchvision's num_params, Keras' model.summary() (total includes BN moving statistics), the Keras seed's.
+        ("wide_resnet50_2", 1000, 68_883_240, None),
+        ("wide_resnet101_2", 1000, 126_886_696, None),
+        ("keras_resnet50", 1000, 25_583_592, 25_636_712),
+        ("keras_resnet101", 1000, 44_601_832, 44_707_176),
+        ("keras_resnet152", 1000, 60_268_520, 60_419_944),
+        ("keras_resnet50v2", 1000, 25_568_360, 25_613_800),
+        ("keras_resnet101v2", 1000, 44_577_896, 44_675_560),
+        ("keras_resnet152v2", 1000, 60_236_904, 60_380_648),
+        ("keras_cifar_resnet20_v1", 10, 273_066, 274_442),
+        ("keras_cifar_resnet29_v2", 10, 843_786, 849_002),
+    ],
+)
+def test_other_frameworks_layouts_match_their_parameter_counts(name, num_classes, trainable, total):
+    variables = abstract_variables(name, num_classes, (1, 64, 64, 3))
+    assert count_params(variables["params"]) == trainable
+    if total:
+        assert count_params(variables) == total
+
+
+@pytest.mark.parametrize(
+    "name, kw, message",
+    [
+        ("resnet18", {"inner_widths": (64, 128, 256, 512)}, "inner_widths"),
+        ("resnet50", {"inner_widths": (64, 128)}, "one width per stage"),
+        ("resnet50", {"projection_from": "input"}, "pre-activation"),
+        ("resnet50", {"padding": "valid"}, "unknown padding"),
+        ("resnet50", {"conv_bias": "some"}, "unknown conv_bias"),
+        ("keras_cifar_resnet21_v1", {}, "6n+2"),
+        ("keras_cifar_resnet21_v2", {}, "9n+2"),
+    ],
+)
+def test_bad_layout_options_fail_with_a_clear_message(name, kw, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        create_model(name, 10, **kw)
+
+
+def test_keras_seed_networks_initialise_like_keras_he_normal():
+    # Keras' he_normal: a normal truncated at 2 standard deviations, variance 2 / fan_in, for convs and the classifier.
+    # One width throughout (fewer kernel shapes to compile initialisers for).
+    model = create_model("keras_cifar_resnet8_v1", 10, widths=(64, 64, 64))
+    params = model.init(jax.random.key(0), jnp.ones((1, 8, 8, 3)))["params"]
+    kernel = np.asarray(params["stage3_block1"]["Conv_1"]["kernel"])  # fan_in = fan_out = 3 * 3 * 64
+    std = np.sqrt(2 / 576)
+    assert abs(kernel.std() / std - 1) < 0.03 and np.abs(kernel).max() <= 2 * std / 0.87962566103423978
+    head = np.asarray(params["head"]["kernel"])  # fan_in 64: std 0.177 (lecun_normal, the zoo default: 0.125)
+    assert abs(head.std() / np.sqrt(2 / 64) - 1) < 0.1

@@ -18,16 +18,10 @@ import pytest
 from resnet_jax import create_model, optim
 from resnet_jax.checkpoints import CheckpointMismatchError, Checkpoints
 from resnet_jax.config import default_config
+from resnet_jax.losses import higher_is_better
 from resnet_jax.metrics import read_metrics
-from resnet_jax.train import (
-    create_train_state,
-    higher_is_better,
-    init_state,
-    prepare_workdir,
-    setup,
-    train_and_evaluate,
-    train_step,
-)
+from resnet_jax.train import create_train_state, init_state, setup, train_and_evaluate, train_step
+from resnet_jax.workdir import check_workdir, save_config
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(name="resnet8", widths=(4, 8, 16))
@@ -185,7 +179,7 @@ def test_config_mismatches_fail_before_compiling(learnable_idx_dir):
     c.data.val_size = 0
     with pytest.raises(ValueError, match="best_metric='val/accuracy' is not a metric of this run: choose one of test/loss"):
         setup(c)
-    with pytest.raises(ValueError, match="plateau.monitor='val/acc' is not a metric"):
+    with pytest.raises(ValueError, match="plateau.monitor='val/acc': choose one of val/loss"):
         setup(tiny_config(learnable_idx_dir, plateau=dict(default_config().plateau, enabled=True, monitor="val/acc")))
 
 
@@ -198,7 +192,7 @@ def test_checkpoint_round_trip_and_mismatch(tmp_path):
     model, tx = create_model("resnet8", 10, widths=(4, 8, 16)), optax.sgd(0.1, 0.9)
     state = fresh_state(model, tx, jnp.ones((1, 16, 16, 1))).replace(step=jnp.asarray(7, jnp.int32))
     checkpoints = Checkpoints(tmp_path)
-    checkpoints.save(state, {"epoch": 3, "best": 0.5}, best=True)
+    checkpoints.save(state, {"epoch": 3, "best": 0.5}, value=0.5)
     checkpoints.close()
     template = fresh_state(model, tx, jnp.ones((1, 16, 16, 1)))
     for which in ("latest", "best"):
@@ -213,13 +207,14 @@ def test_checkpoint_round_trip_and_mismatch(tmp_path):
 
 def test_workdir_with_another_config_is_kept_unless_asked(tmp_path, learnable_idx_dir):
     workdir = tmp_path / "run"
-    prepare_workdir(workdir, tiny_config(learnable_idx_dir), overwrite=False)
+    save_config(workdir, tiny_config(learnable_idx_dir))
     (workdir / "precious.txt").write_text("results")
     changed = tiny_config(learnable_idx_dir, batch_size=64)
     with pytest.raises(ValueError, match="different config .*batch_size"):
-        prepare_workdir(workdir, changed, overwrite=False)
+        check_workdir(workdir, changed, overwrite=False)
     assert (workdir / "precious.txt").exists()
-    prepare_workdir(workdir, changed, overwrite=True)
+    check_workdir(workdir, changed, overwrite=True)
+    save_config(workdir, changed)
     moved = [p for p in tmp_path.iterdir() if p.name.startswith("run.old-")]
     assert len(moved) == 1 and (moved[0] / "precious.txt").read_text() == "results"
     assert json.loads((workdir / "config.json").read_text())["batch_size"] == 64
@@ -229,25 +224,27 @@ class SimulatedPreemption(Exception):
     pass
 
 
-def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tmp_path, learnable_idx_dir, monkeypatch):
-    config = tiny_config(learnable_idx_dir, num_steps=12)  # 1.5 epochs of 8 steps
+def test_interrupted_mid_epoch_and_resumed_run_equals_an_uninterrupted_one(tmp_path, learnable_idx_dir, monkeypatch):
+    # 1.5 epochs of 8 steps; evaluations and checkpoints every 5 steps (and at the last step)
+    config = tiny_config(learnable_idx_dir, num_steps=12, checkpoint_every_steps=5, eval_every_steps=5)
     full = train_and_evaluate(config, tmp_path / "full")
 
     original_save = Checkpoints.save
 
-    def save_then_die(self, state, info, best=False):
-        original_save(self, state, info, best)
+    def save_then_die(self, state, info, value=None):
+        original_save(self, state, info, value)
         self.close()
         raise SimulatedPreemption
 
     with monkeypatch.context() as m:
         m.setattr(Checkpoints, "save", save_then_die)
         with pytest.raises(SimulatedPreemption):
-            train_and_evaluate(config, tmp_path / "resumed")  # dies right after epoch 1's checkpoint
+            train_and_evaluate(config, tmp_path / "resumed")  # dies right after the checkpoint of step 5
+    assert Checkpoints(tmp_path / "resumed").latest_step() == 5
     resumed = train_and_evaluate(config, tmp_path / "resumed")
     assert train_and_evaluate(config, tmp_path / "resumed") == resumed  # a finished run: nothing to do
 
-    assert full == resumed
+    assert full == resumed  # the last evaluation and the epoch's train means (carried over the mid-epoch checkpoint)
     run = setup(config)
     template = init_state(run.model, run.tx, run.plateau_tx, run.pipeline.image_shape, config.seed, run.mesh)
     final = {}
@@ -259,14 +256,19 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tmp_path, learn
     assert int(final["full"].step) == 12
     events_full, events_resumed = read_metrics(tmp_path / "full"), read_metrics(tmp_path / "resumed")
     assert [e["step"] for e in events_resumed] == [e["step"] for e in events_full]  # no duplicated events
-    # Every step is in some train log (the window is flushed at each epoch's end), and each epoch has its record.
-    assert [e["step"] for e in events_full if "train/loss" in e] == [3, 6, 8, 9, 12]
+    epochs = lambda events: [e for e in events if "train_epoch/loss" in e]  # noqa: E731
+    assert epochs(events_resumed) == epochs(events_full)  # epoch 1's train means carried over the checkpoint of step 5
+    # Every step is in some train log (the window is read at every log, epoch-end and checkpoint step), and each
+    # epoch has its record.
+    assert [e["step"] for e in events_full if "train/loss" in e] == [3, 5, 6, 8, 9, 10, 12]
     assert [e["step"] for e in events_full if "train_epoch/loss" in e] == [8, 12]
+    assert [e["step"] for e in events_full if "val/loss" in e] == [5, 10, 12]
     assert events_resumed[-1]["test/accuracy"] == events_full[-1]["test/accuracy"]
     # It learned the task (two classes, chance 0.5) and wrote the figure and both checkpoints.
     assert full["test/accuracy"] > 0.9
-    for name in ("curves.png", "config.json", "checkpoints", "best", "tensorboard"):
+    for name in ("curves.png", "config.json", "checkpoints", "tensorboard"):
         assert (tmp_path / "full" / name).exists(), name
+    assert sorted(int(p.name) for p in (tmp_path / "full" / "checkpoints").iterdir()) == [5, 10, 12]  # the 3 latest, the best among them
 
 
 def run_cli(*args, timeout=600):
@@ -292,15 +294,25 @@ def test_cli_trains_writes_records_and_evaluates(tmp_path, learnable_idx_dir):
     # The quickstart's warm-up starts at a rate of 0, so the first step moves nothing; the step at 4 does.
     assert diagnosed[0]["diag/update_ratio/head"] == 0 and diagnosed[1]["diag/update_ratio/head"] > 0
     assert (workdir / "curves.png").stat().st_size > 10_000
-    assert any((workdir / "checkpoints").iterdir()) and any((workdir / "best").iterdir())
+    assert any((workdir / "checkpoints").iterdir())
 
     out = run_cli("resnet_jax.evaluate", "--workdir", str(workdir), "--checkpoint", "latest", "--split", "test")
     assert out.returncode == 0, out.stderr[-3000:]
-    assert math.isclose(json.loads(out.stdout.splitlines()[-1])["test/accuracy"], events[-1]["test/accuracy"], rel_tol=1e-6)
+    result = json.loads(out.stdout.splitlines()[-1])
+    assert math.isclose(result["test/accuracy"], events[-1]["test/accuracy"], rel_tol=1e-6) and result["epoch"] == 1.0
 
 
-def test_cli_rejects_an_unknown_config_key(tmp_path):
-    out = run_cli("resnet_jax.train", "--config", "experiments/quickstart.py", "--workdir", str(tmp_path), "--config.lerning_rate=0.1")
-    assert out.returncode != 0
-    assert "lerning_rate" in out.stderr
-    assert not (tmp_path / "config.json").exists()
+def test_cli_rejects_unknown_keys_naming_the_nearest_and_bad_values_before_anything(tmp_path):
+    workdir = tmp_path / "run"
+    out = run_cli("resnet_jax.train", "--config", "experiments/quickstart.py", "--workdir", str(workdir),
+                  "--config.lerning_rate=0.1", "--config.model.widths=(4,8,16)", "--config.optimizer.nesterv=False")
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert "--config.lerning_rate: no such key (did you mean --config.optimizer.learning_rate" in out.stderr
+    assert "--config.optimizer.nesterv: no such key (did you mean --config.optimizer.nesterov" in out.stderr
+    assert "AttributeError" not in out.stderr and "Traceback" not in out.stderr
+    assert not workdir.exists()
+    out = run_cli("resnet_jax.train", "--config", "experiments/quickstart.py", "--workdir", str(workdir),
+                  "--config.log_every_steps=0", "--config.checkpoint_keep=0")
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert "error: invalid config:\n  log_every_steps=0: must be an integer >= 1\n  checkpoint_keep=0" in out.stderr
+    assert "Traceback" not in out.stderr and not workdir.exists()

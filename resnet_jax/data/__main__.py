@@ -19,13 +19,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--source", default="tfds", choices=SOURCES)
     parser.add_argument("--path", default="", help="tfds data_dir, or the directory of the local files")
     parser.add_argument("--manual-dir", default="", help="tfds manual download directory (imagenet2012 ...)")
+    parser.add_argument("--num-classes", type=int, default=0,
+                        help="classes of IDX files of a name resnet_jax does not know (0 = as the data says)")
     parser.add_argument("--val-size", type=int, default=0, help="validation images carved from the end of train")
     parser.add_argument("--train-subset", type=int, default=0, help="keep the first N training images")
     parser.add_argument("--pad-to-32", action="store_true", help="zero-pad 28x28 images to 32x32")
     parser.add_argument("--channels", type=int, default=0, help="3 = repeat a single channel to RGB")
     parser.add_argument("--image-size", type=int, default=0, help="resize to a square of this size")
-    parser.add_argument("--augment", default="crop_flip", choices=augment.AUGMENTATIONS,
-                        help="augmentation shown in the grid (default crop_flip)")
+    parser.add_argument("--augment", default="crop_flip", help="augmentation shown in the grid (default crop_flip)",
+                        choices=[a for a in augment.AUGMENTATIONS if a not in augment.HOST_CROPS])  # on device only
     parser.add_argument("--grid", default="", help="save a PNG of samples per class, raw and augmented")
     parser.add_argument("--per-class", type=int, default=4, help="samples per class in the grid")
     parser.add_argument("--seed", type=int, default=0)
@@ -85,8 +87,8 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     config = default_config()
     config.update(name=args.name, source=args.source, path=args.path, manual_dir=args.manual_dir,
-                  val_size=args.val_size, train_subset=args.train_subset, pad_to_32=args.pad_to_32,
-                  channels=args.channels, image_size=args.image_size, augment=args.augment)
+                  num_classes=args.num_classes, val_size=args.val_size, train_subset=args.train_subset,
+                  pad_to_32=args.pad_to_32, channels=args.channels, image_size=args.image_size, augment=args.augment)
     try:
         data = load_dataset(config)
         describe(data, config)

@@ -7,7 +7,9 @@ batch is split over devices.
 import jax
 import jax.numpy as jnp
 
-AUGMENTATIONS = ("none", "crop", "flip", "crop_flip", "shift", "shift_flip")
+AUGMENTATIONS = ("none", "crop", "flip", "crop_flip", "shift", "shift_flip", "inception_crop_flip")
+HOST_CROPS = ("inception_crop_flip",)  # the crop is taken on the host from the full image (streamed data), the flip here
+NORMALIZATIONS = ("channel", "pixel_mean", "imagenet", "none")  # how the pipeline derives `normalize`'s mean and std
 
 
 def to_model_geometry(images: jax.Array, pad_to_32: bool, channels: int) -> jax.Array:
@@ -46,9 +48,14 @@ def random_flip(image: jax.Array, key: jax.Array) -> jax.Array:
 
 
 def augment(images: jax.Array, keys: jax.Array, kind: str) -> jax.Array:
-    """Augment a batch as `kind` says ('crop_flip' = crop then flip), example i with keys[i]."""
+    """Augment a batch as `kind` says ('crop_flip' = crop then flip), example i with keys[i].
+
+    For a host crop (inception_crop_flip) the batch is already cropped: only its flip is done here.
+    """
     if kind not in AUGMENTATIONS:
         raise ValueError(f"unknown augment {kind!r}; choose one of {', '.join(AUGMENTATIONS)}")
+    if kind in HOST_CROPS:
+        kind = "flip"
     if kind == "none":
         return images
 
