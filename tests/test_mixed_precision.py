@@ -12,8 +12,10 @@ from jax.extend import core as jex_core
 
 from resnet_jax import create_model
 from resnet_jax.checkpoints import Checkpoints
+from resnet_jax.config import default_config
 from resnet_jax.loss_scale import DynamicScale, for_dtype
-from resnet_jax.train import create_train_state, train_step
+from resnet_jax.metrics import read_metrics
+from resnet_jax.train import create_train_state, train_and_evaluate, train_step
 
 TINY = dict(widths=(4, 8, 16))
 BATCH = {
@@ -123,3 +125,15 @@ def test_float16_overflowing_step_is_skipped_halves_the_scale_and_growth_doubles
     checkpoints.close()
     restored, _ = Checkpoints(tmp_path).restore(jax.eval_shape(lambda: state))
     chex.assert_trees_all_equal(restored, updated)
+
+
+def test_float16_run_logs_its_loss_scale_and_overflow_rate(tmp_path, learnable_idx_dir):
+    config = default_config()
+    config.model.update(name="resnet8", widths=(4, 8, 16), dtype="float16")
+    config.data.update(name="fashion_mnist", source="idx", path=str(learnable_idx_dir), val_size=64, augment="none")
+    config.update(batch_size=64, num_steps=4, log_every_steps=2)
+    train_and_evaluate(config, tmp_path)
+    logged = [e for e in read_metrics(tmp_path) if "train/loss" in e]
+    assert [e["step"] for e in logged] == [2, 4]
+    assert all(e["train/loss_scale"] == 2.0**16 and e["train/overflow"] == 0.0 for e in logged)
+    assert "train_epoch/overflow" in read_metrics(tmp_path)[-1]
