@@ -2,13 +2,16 @@
 
     python benchmarks/cpu_gap.py layers [--batch-size 128] [--repeats 5]
     python benchmarks/cpu_gap.py step [--model resnet20] [--batch-size 128] [--repeats 6] [--steps-per-repeat 2]
+    python benchmarks/cpu_gap.py hlo [--model resnet20] [--batch-size 128]
 
 layers: each conv shape of resnet20, its forward, input gradient and weight gradient in JAX (XLA's default compiler
 options, and resnet_jax.xla_cpu's) against torch's conv2d and convolution_backward, plus the two transposes XLA puts
 before a weight-gradient conv; in units of torch's forward conv of the same repeat.
 step: the train step of benchmarks/train_step.py in the four JAX variants (lax's conv or the materialising one, XLA's
 options or xla_cpu's), the forward pass alone before and after, and PyTorch eager; ratios to torch eager.
-Everything runs interleaved in one process and is timed by the wall clock and by the process' CPU time: on a shared
+hlo: what XLA compiled the train step into, before and after: FLOPs and bytes of the optimised module against the
+FLOPs of the unoptimised one (the excess is recomputation), fusions, ReLU (`maximum`) ops, materialising writes.
+Everything timed runs interleaved in one process and is timed by the wall clock and by the process' CPU time: on a shared
 machine the CPU time is far less sensitive to other load. Results go to benchmarks/results/cpu_gap-<mode>-<date>.json.
 """
 
@@ -17,11 +20,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import time
 from collections.abc import Callable
 from functools import partial
-from pathlib import Path
 
 if __name__ == "__main__":
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads, as train_step.py does (see there)
@@ -35,6 +38,7 @@ from jax import lax
 import train_step as bench
 from resnet_jax import create_model, xla_cpu
 from resnet_jax.provenance import device_slug
+from resnet_jax.train import create_train_state
 
 # resnet20's convs at batch 128: (height = width, in channels, out channels, stride) and how many of each.
 RESNET20_CONVS = [(32, 3, 16, 1, 1), (32, 16, 16, 1, 6), (32, 16, 32, 2, 1), (16, 32, 32, 1, 5), (16, 32, 64, 2, 1),
@@ -165,9 +169,37 @@ def step(args: argparse.Namespace) -> dict:
             "steps_per_repeat": args.steps_per_repeat, "first_step_s": {r.name: r.first_step_s for r in runners}, **result}
 
 
+def hlo(args: argparse.Namespace) -> dict:
+    case, variants = bench.Case(args.model, args.batch_size), {
+        "before": dict(plain_conv=True, xla_default_options=True),
+        "materialising conv, xla default options": dict(xla_default_options=True),
+        "after": {},
+    }
+    record = {"model": args.model, "batch_size": args.batch_size, "variants": {}}
+    for name, variant in variants.items():
+        model, step, tx = bench.jax_step_fn(args.model, **variant)
+        images, labels = bench.random_batch(case)
+        batch = {"image": jnp.asarray(images), "label": jnp.asarray(labels)}
+        state = create_train_state(model.init(jax.random.key(0), batch["image"][:1]), tx)
+        lowered = step.lower(state, batch)
+        compiled = lowered.compile()
+        cost = compiled.cost_analysis()
+        cost = cost[0] if isinstance(cost, list) else cost
+        text = compiled.as_text()
+        count = lambda op: len(re.findall(rf"= \S+ {op}\(", text))  # noqa: E731
+        record["variants"][name] = stats = {
+            "unoptimised_gflop": bench.xla_flops(lowered) / 1e9, "optimised_gflop": cost["flops"] / 1e9,
+            "optimised_gbytes_accessed": cost["bytes accessed"] / 1e9, "fusions": count("fusion"),
+            "relu_maximum_ops": count("maximum"), "materialising_writes": count("dynamic-update-slice"),
+        }
+        print(f"{name}: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in stats.items()),
+              flush=True)
+    return record
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("mode", choices=("layers", "step"))
+    parser.add_argument("mode", choices=("layers", "step", "hlo"))
     parser.add_argument("--model", default="resnet20")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=6)
@@ -176,7 +208,7 @@ def main() -> None:
     jax.config.update("jax_platforms", "cpu")
     torch.set_num_threads(os.cpu_count())
     record = {**bench.environment(), "benchmark": f"cpu_gap {args.mode}",
-              "xla_cpu_compiler_options": xla_cpu.compiler_options("cpu"), **(layers if args.mode == "layers" else step)(args)}
+              "xla_cpu_compiler_options": xla_cpu.compiler_options("cpu"), **{"layers": layers, "step": step, "hlo": hlo}[args.mode](args)}
     bench.RESULTS.mkdir(parents=True, exist_ok=True)
     path = bench.RESULTS / f"cpu_gap-{args.mode}-{record['date'][:10]}-{device_slug()}.json"
     path.write_text(json.dumps(record, indent=1) + "\n")
