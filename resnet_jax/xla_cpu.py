@@ -1,10 +1,11 @@
-"""What makes the training step fast on XLA:CPU (jaxlib 0.10.2): a conv that reads a materialised input, and two
-compiler choices. Measured in benchmarks/cpu_gap.py; the analysis is in benchmarks/README.md.
+"""What makes the training step faster on XLA:CPU (jaxlib 0.10.2): a conv that reads a materialised input, and one
+compiler option. Measured in benchmarks/cpu_gap.py; the analysis is in benchmarks/README.md.
 
 * XLA:CPU fuses every cheap elementwise producer into each of its consumers, however many there are. In a ResNet
   the BatchNorm-ReLU-residual chain of a stage is then recomputed, block after block, inside every fusion that
-  reads an activation, among them the transposes that feed the weight-gradient convolutions. A dynamic-update-slice is never fused into its consumers, so writing a conv input's first element
-  back onto itself makes XLA compute that input once and read it from memory.
+  reads an activation, among them the transposes that feed the weight-gradient convolutions. A
+  dynamic-update-slice is never fused into its consumers, so writing a conv input's first element back onto
+  itself makes XLA compute that input once and read it from memory.
 * jaxlib 0.10.2 hands convolutions and reductions to YNNPACK. Its convolutions, the weight gradients above all, are
   slower here than XLA's Eigen ones, while its reductions (BatchNorm statistics) are faster than XLA's own.
 """
