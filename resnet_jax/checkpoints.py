@@ -26,6 +26,7 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers
 
+from resnet_jax import distributed
 from resnet_jax.losses import higher_is_better
 
 CORRUPT_DIR = "corrupt_checkpoints"
@@ -195,18 +196,20 @@ def saved_best_metric(workdir: str | Path) -> str:
 
 
 def _move_aside(folder: Path, steps: list[int]) -> None:
-    """Move damaged step folders to <workdir>/corrupt_checkpoints/ (process 0 moves, every process waits)."""
+    """Move damaged step folders to <workdir>/corrupt_checkpoints/: process 0 moves them once every process has read
+    them, and every process learns whether that worked (distributed.run_on_lead)."""
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices(f"resnet_jax.checkpoints.damaged.{steps}")
-    if jax.process_index() == 0:
-        aside = folder.parent / CORRUPT_DIR
-        aside.mkdir(exist_ok=True)
-        for step in steps:
-            target = aside / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
-            shutil.move(folder / str(step), target)
-            print(f"moved the damaged checkpoint of step {step} to {target}")
-    if jax.process_count() > 1:
-        multihost_utils.sync_global_devices(f"resnet_jax.checkpoints.moved.{steps}")
+    distributed.run_on_lead(_move, folder, steps)
+
+
+def _move(folder: Path, steps: list[int]) -> None:
+    aside = folder.parent / CORRUPT_DIR
+    aside.mkdir(exist_ok=True)
+    for step in steps:
+        target = aside / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
+        shutil.move(folder / str(step), target)
+        print(f"moved the damaged checkpoint of step {step} to {target}")
 
 
 def _reason(error: Exception) -> str:

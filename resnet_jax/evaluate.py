@@ -3,12 +3,16 @@
 Read-only: a damaged checkpoint is reported and the next intact one ('latest': newest, 'best': next best) is used.
 
     python -m resnet_jax.evaluate --workdir runs/quickstart [--checkpoint best|latest] [--split test --split val]
+
+Multi-host: the same flags as train (--coordinator_address, --num_processes, --process_id or --distributed) on every
+process; each evaluates its share of every batch and process 0 prints the results.
 """
 
 import argparse
 import json
 from pathlib import Path
 
+from resnet_jax import distributed
 from resnet_jax.checkpoints import Checkpoints
 from resnet_jax.config import default_config
 from resnet_jax.train import compile_steps, evaluate_split, init_state, setup
@@ -45,7 +49,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--checkpoint", choices=("best", "latest"), default="best")
     parser.add_argument("--split", action="append", help="split to evaluate (repeatable; default: test)")
+    distributed.add_arguments(parser)
     args = parser.parse_args(argv)
+    try:
+        distributed.initialize(distributed.settings_from(args))  # validates the flags first
+    except ValueError as e:
+        parser.error(str(e))
+    distributed.quiet_followers()
     try:
         results = evaluate_run(args.workdir, args.checkpoint, tuple(args.split or ["test"]))
     except (FileNotFoundError, ValueError) as e:  # ConfigError and CheckpointError are ValueErrors

@@ -32,14 +32,15 @@ from tqdm import tqdm
 
 from resnet_jax import config as config_lib
 from resnet_jax import data as data_lib
-from resnet_jax import divergence, optim, preemption, transfer, xla_cpu
+from resnet_jax import distributed, divergence, optim, preemption, transfer, xla_cpu
 from resnet_jax import loss_scale as loss_scaling
 from resnet_jax.checkpoints import CheckpointError, Checkpoints
 from resnet_jax.diagnostics import diagnostics_fn, update_ratio_metrics
 from resnet_jax.losses import EVAL_METRICS, cross_entropy, higher_is_better, top_k_correct
 from resnet_jax.metrics import MetricWriter, TrainMeter, plot_curves
 from resnet_jax.models import ResNet, create_model
-from resnet_jax.workdir import WorkdirError, check_same_data, check_workdir, data_fingerprint, save_config
+from resnet_jax.workdir import (CONFIG_FILE, WorkdirError, check_same_data, check_workdir, data_fingerprint,
+                                save_config)
 
 
 class TrainState(struct.PyTreeNode):
@@ -253,8 +254,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, o
     transfer.check_init_from(config.init_from)  # before any data is read: the weights to start from are there
     run = setup(config)
     start = transfer.load_init_from(config.init_from, run.model, run.pipeline.image_shape) if config.init_from.format else None
-    lead = jax.process_index() == 0
-    changed = check_workdir(workdir, config, overwrite)
+    lead = distributed.is_lead()
+    changed = distributed.run_on_lead(check_workdir, workdir, config, overwrite, errors=(WorkdirError,))
     pipeline, spe = run.pipeline, run.pipeline.steps_per_epoch
     print(f"data: {pipeline.origin}; splits {pipeline.split_sizes}; images {pipeline.image_shape}; {pipeline.num_classes} classes")
     print(f"best checkpoint by {run.best_metric}")
@@ -277,6 +278,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, o
         print(f"starting from the {config.init_from.format} weights in {config.init_from.path}")
     if lead:
         save_config(workdir, config)
+    distributed.check_shared(workdir / CONFIG_FILE)
     step_model = run.model
     if config.transfer.cache_features:  # the head alone, on features of the frozen backbone computed once here
         step_model, pipeline = transfer.cache_features(run.model, state, pipeline, run.mesh)
@@ -361,8 +363,12 @@ def main(argv: list[str]) -> None:
     del argv
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # orbax logs every file operation at INFO
-    if FLAGS.distributed:
-        jax.distributed.initialize()
+    try:
+        distributed.initialize(distributed.settings_from(FLAGS))  # validates the flags first
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    distributed.quiet_followers()
     try:
         train_and_evaluate(FLAGS.config, FLAGS.workdir, overwrite=FLAGS.overwrite)
     except preemption.Preempted:
@@ -373,7 +379,7 @@ def main(argv: list[str]) -> None:
     except config_lib.ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    except (WorkdirError, CheckpointError, data_lib.DataError) as e:
+    except (WorkdirError, distributed.NotSharedError, CheckpointError, data_lib.DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
 
@@ -393,6 +399,6 @@ if __name__ == "__main__":
     config_flags.DEFINE_config_file("config", None, "experiment config file (experiments/*.py)", lock_config=True)
     flags.DEFINE_string("workdir", None, "directory for checkpoints, metrics and figures; re-use it to resume")
     flags.DEFINE_bool("overwrite", False, "if --workdir holds a run with another config, move it aside and start afresh")
-    flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() first (multi-host runs)")
+    distributed.define_flags()
     flags.mark_flags_as_required(["config", "workdir"])
     app.run(main, flags_parser=parse_flags)

@@ -11,9 +11,7 @@ import shutil
 import time
 from pathlib import Path
 
-import jax
 import ml_collections
-from jax.experimental import multihost_utils
 
 from resnet_jax.config import default_config
 
@@ -51,7 +49,8 @@ def cosmetic_keys(config: ml_collections.ConfigDict) -> set[str]:
 def check_workdir(workdir: Path, config: ml_collections.ConfigDict, overwrite: bool) -> list[str]:
     """Refuse a workdir holding a run with a semantically different config, or move it aside if `overwrite`.
 
-    Returns the cosmetic differences, which a resume accepts. Writes nothing unless it moves the old run aside.
+    Returns the cosmetic differences, which a resume accepts. Writes nothing unless it moves the old run aside. Several
+    processes: process 0 alone calls it and shares the outcome (train: distributed.run_on_lead).
     """
     differences = config_differences(workdir, config)
     semantic = [k for k in differences if k not in cosmetic_keys(config)]
@@ -61,14 +60,9 @@ def check_workdir(workdir: Path, config: ml_collections.ConfigDict, overwrite: b
                 f"{workdir} holds a run with a different config (differs in: {', '.join(semantic)}). "
                 "Use a new --workdir, or pass --overwrite to move the old run aside and start afresh."
             )
-        if jax.process_count() > 1:  # every process has read the old config before process 0 moves it
-            multihost_utils.sync_global_devices("resnet_jax.workdir.check")
-        if jax.process_index() == 0:
-            aside = workdir.with_name(f"{workdir.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
-            shutil.move(workdir, aside)
-            print(f"moved the previous run in {workdir} to {aside}")
-        if jax.process_count() > 1:
-            multihost_utils.sync_global_devices("resnet_jax.workdir.moved")
+        aside = workdir.with_name(f"{workdir.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
+        shutil.move(workdir, aside)
+        print(f"moved the previous run in {workdir} to {aside}")
         return []
     return differences
 
