@@ -23,7 +23,13 @@ MEASURED_JAXLIB = "0.10."
 
 
 def materialized(x: jax.Array) -> jax.Array:
-    """`x` itself (its first element written back onto itself), computed once instead of fused into each consumer."""
+    """`x` itself (its first element written back onto itself), computed once instead of fused into each consumer.
+
+    An array sharded in its type (an Explicit mesh, as multi-host runs use) is returned as it is: a one-element
+    slice of a sharded dimension is not defined there.
+    """
+    if any(jax.typeof(x).sharding.spec):
+        return x
     corner = (0,) * x.ndim
     return lax.dynamic_update_slice(x, lax.dynamic_slice(x, corner, (1,) * x.ndim), corner)
 
