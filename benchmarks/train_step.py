@@ -3,6 +3,7 @@
     python benchmarks/train_step.py [--model resnet20|resnet56|resnet50] [--batch-size 128] [--image-size 32]
                                     [--dtype float32|bfloat16] [--device cpu|cuda] [--channels-last] [--repeats 10]
                                     [--steps-per-repeat 5] [--no-compile] [--compile-timeout 180] [--no-check]
+                                    [--xla-cpu-before]
 
 A step is forward, cross-entropy, backward, SGD with momentum 0.9 and L2 weight decay 1e-4 on conv and
 dense kernels (the repo's default recipe), and the BatchNorm running-statistics update, on one fixed
@@ -14,6 +15,9 @@ layout). bfloat16 is JAX's compute dtype with float32 parameters, and torch.auto
 Before timing, the script checks the parameter counts and, for CIFAR models, copies the Flax weights into the
 torch model and checks that eval outputs and two training steps agree. Run as a script, it sets
 OMP_WAIT_POLICY=PASSIVE unless already set (see benchmarks/README.md).
+
+--xla-cpu-before also times JAX as it was before resnet_jax.xla_cpu (lax's conv, XLA's default compiler options),
+interleaved with the others, for the before/after ratios to PyTorch of one run.
 
 Importable: `measure_jax_train_step('resnet20', 128, steps=20)` returns JAX images/s; `benchmark_case(Case(...),
 ...)` times one case in every framework variant, as the GPU campaign (scripts/gpu_campaign.py) does.
@@ -42,8 +46,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from resnet_jax import create_model
-from resnet_jax import optim
+from jax import lax
+
+from resnet_jax import create_model, optim, xla_cpu
 from resnet_jax.models import model_spec
 from resnet_jax.provenance import device_slug, provenance
 from resnet_jax.summary import count_params
@@ -58,6 +63,7 @@ RESULTS = Path(__file__).parent / "results"
 EXPECTED_PARAMS = {"resnet20": 269_722, "resnet56": 853_018, "resnet18": 11_689_512, "resnet50": 25_557_032}
 LEARNING_RATE, MOMENTUM, WEIGHT_DECAY = 0.1, 0.9, 1e-4
 NUM_CLASSES = 10  # CIFAR models; ImageNet models have 1000
+JAX_BEFORE = "jax (jit), before xla_cpu"  # --xla-cpu-before's runner: lax's conv, XLA's default compiler options
 # Dense peak FLOP/s per GPU from NVIDIA's datasheets (SXM unless named), by device kind; leads, not measurements.
 # float32 work runs on the TF32 tensor cores by default in both frameworks (JAX's DEFAULT precision, cuDNN's
 # allow_tf32), so float32 cases are measured against the TF32 peak.
@@ -130,11 +136,15 @@ def jax_optimizer() -> optax.GradientTransformation:
     return optim.make_optimizer(config, optax.constant_schedule(LEARNING_RATE))
 
 
-def jax_step_fn(model_name: str, num_classes: int = NUM_CLASSES, dtype: Any = jnp.float32,
-                param_dtype: Any = jnp.float32) -> tuple[Any, Callable, optax.GradientTransformation]:
-    """The Flax model, resnet_jax.train.train_step jitted with the state donated, and its optimizer."""
-    model, tx = create_model(model_name, num_classes, dtype=dtype, param_dtype=param_dtype), jax_optimizer()
-    return model, jax.jit(partial(train_step, model=model, tx=tx), donate_argnums=0), tx
+def jax_step_fn(model_name: str, num_classes: int = NUM_CLASSES, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32,
+                plain_conv: bool = False, xla_default_options: bool = False) -> tuple[Any, Callable, optax.GradientTransformation]:
+    """The Flax model, resnet_jax.train.train_step jitted with the state donated (and resnet_jax.xla_cpu's compiler
+    options, as train.compile_steps does), and its optimizer. plain_conv: lax.conv_general_dilated instead of the
+    model's default conv; xla_default_options: XLA's own defaults (both: the step before resnet_jax.xla_cpu)."""
+    overrides = {"conv_general_dilated": lax.conv_general_dilated} if plain_conv else {}
+    model, tx = create_model(model_name, num_classes, dtype=dtype, param_dtype=param_dtype, **overrides), jax_optimizer()
+    options = None if xla_default_options else xla_cpu.compiler_options(jax.devices()[0].platform)
+    return model, jax.jit(partial(train_step, model=model, tx=tx), donate_argnums=0, compiler_options=options), tx
 
 
 def xla_flops(lowered: jax.stages.Lowered) -> float | None:
@@ -149,12 +159,13 @@ def xla_flops(lowered: jax.stages.Lowered) -> float | None:
         return None
 
 
-def make_jax_runner(case: Case, seed: int = 0) -> Runner:
+def make_jax_runner(case: Case, seed: int = 0, name: str = "jax (jit)", **variant: bool) -> Runner:
     """resnet_jax's train_step, jitted and donated, compiled ahead of time for a fixed random batch on the default device.
 
     Its memory is XLA's buffer assignment for the step: arguments (state, batch) + outputs not aliased to them + temporaries.
+    variant: jax_step_fn's plain_conv / xla_default_options.
     """
-    model, step, tx = jax_step_fn(case.model, case.num_classes, DTYPES[case.dtype])
+    model, step, tx = jax_step_fn(case.model, case.num_classes, DTYPES[case.dtype], **variant)
     images, labels = random_batch(case, seed)
     batch = {"image": jnp.asarray(images), "label": jnp.asarray(labels)}
     state = create_train_state(jax.jit(model.init)(jax.random.key(seed), batch["image"][:1]), tx)
@@ -179,7 +190,7 @@ def make_jax_runner(case: Case, seed: int = 0) -> Runner:
     flops = xla_flops(lowered)
     footprint = None if memory is None else (memory.argument_size_in_bytes + memory.output_size_in_bytes
                                              - memory.alias_size_in_bytes + memory.temp_size_in_bytes)
-    return Runner("jax (jit)", first, run, step_s=run(2) / 2, compile_s=compile_s,  # the 2 steps settle caches
+    return Runner(name, first, run, step_s=run(2) / 2, compile_s=compile_s,  # the 2 steps settle caches
                   peak_memory_bytes=footprint, memory_measure="XLA buffer assignment: arguments + unaliased outputs + "
                   "temporaries" if memory is not None else "not measured: XLA gave no memory analysis",
                   flops_per_image=flops / case.batch_size if flops else None)
@@ -501,14 +512,11 @@ def summarise(runners: list[Runner], rates: dict[str, list[float]], steps: dict[
             "peak_memory_bytes": r.peak_memory_bytes, "memory_measure": r.memory_measure,
             "model_flops_utilisation": {k: median * flops / peak for k, peak in peaks.items()} if flops else None,
         }
-    jax_rates = rates[runners[0].name]
-    ratios = {
-        f"jax / {r.name}": {
-            "of_medians": statistics.median(jax_rates) / statistics.median(rates[r.name]),
-            "median_per_repeat": statistics.median([a / b for a, b in zip(jax_rates, rates[r.name])]),
-        }
-        for r in runners[1:]
-    }
+    ratio = lambda a, b: {"of_medians": statistics.median(rates[a]) / statistics.median(rates[b]),  # noqa: E731
+                          "median_per_repeat": statistics.median([x / y for x, y in zip(rates[a], rates[b])])}
+    ratios = {f"jax / {r.name}": ratio(runners[0].name, r.name) for r in runners[1:]}
+    if JAX_BEFORE in rates:  # --xla-cpu-before: its ratios to PyTorch too
+        ratios |= {f"{JAX_BEFORE} / {r.name}": ratio(JAX_BEFORE, r.name) for r in runners if not r.name.startswith("jax")}
     print(f"\n{'framework':<32}{'images/s (median)':>19}{'min-max':>18}{'step ms':>9}{'first step (s)':>16}{'peak MiB':>10}")
     for name, res in results.items():
         spread = f"{min(rates[name]):.0f}-{max(rates[name]):.0f}"
@@ -524,8 +532,9 @@ def summarise(runners: list[Runner], rates: dict[str, list[float]], steps: dict[
 def benchmark_case(case: Case, device: str, variants: list[TorchVariant], *, repeats: int,
                    steps_per_repeat: int | None = None, repeat_s: float = 0.3, deadline: float | None = None,
                    compile_timeout_s: float = 180.0, min_compile_s: float = 0.0, peaks: dict[str, float] | None = None,
-                   skipped: dict[str, str] | None = None) -> dict[str, Any]:
+                   skipped: dict[str, str] | None = None, xla_cpu_before: bool = False) -> dict[str, Any]:
     """Time JAX and each PyTorch variant on the case, interleaved, and return the case's record.
+    xla_cpu_before: JAX as before resnet_jax.xla_cpu is timed too (lax's conv, XLA's default options).
 
     Each repeat runs `steps_per_repeat` steps, or as many as take about `repeat_s` seconds (from the settling steps).
     A variant that fails to build, that would start past `deadline`, or a torch.compile one with less than
@@ -537,6 +546,8 @@ def benchmark_case(case: Case, device: str, variants: list[TorchVariant], *, rep
     print(f"{case.name}: parameters jax {params['jax']:,}, pytorch {params['pytorch']:,}, expected "
           f"{params['expected'] or '?'}: {'OK' if params['ok'] else 'MISMATCH'}", flush=True)
     runners = [make_jax_runner(case)]
+    if xla_cpu_before:
+        runners.append(make_jax_runner(case, name=JAX_BEFORE, plain_conv=True, xla_default_options=True))
     for variant in variants:
         left = None if deadline is None else deadline - time.perf_counter()
         if left is not None and left <= (min_compile_s if variant.compile else 0):
@@ -588,6 +599,8 @@ def main() -> None:
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile")
     parser.add_argument("--compile-timeout", type=float, default=180.0, help="give up on torch.compile after this many s")
     parser.add_argument("--no-check", action="store_true", help="skip the Flax-vs-torch output equivalence check")
+    parser.add_argument("--xla-cpu-before", action="store_true",
+                        help="also time JAX as before resnet_jax.xla_cpu: lax's conv and XLA's default compiler options")
     args = parser.parse_args()
 
     if args.device == "cpu":
@@ -608,7 +621,7 @@ def main() -> None:
     variants = [TorchVariant(compile, layout) for compile in [False] + [True] * (not args.no_compile) for layout in layouts]
     skipped = {"pytorch compile": "--no-compile"} if args.no_compile else None
     record = benchmark_case(case, args.device, variants, repeats=args.repeats, steps_per_repeat=args.steps_per_repeat,
-                            compile_timeout_s=args.compile_timeout, skipped=skipped)
+                            compile_timeout_s=args.compile_timeout, skipped=skipped, xla_cpu_before=args.xla_cpu_before)
     record = {**env, "benchmark": "train_step", "step": STEP, "equivalence": equivalence, **record}
     RESULTS.mkdir(parents=True, exist_ok=True)
     dtype = "" if case.dtype == "float32" else f"-{case.dtype}"

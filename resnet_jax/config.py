@@ -42,7 +42,7 @@ def default_config() -> ml_collections.ConfigDict:
             # for torchvision-style nets, Keras' values for the keras_* names).
             bn_momentum=0.0,
             bn_epsilon=0.0,
-            dtype="float32",  # compute dtype: 'float32' | 'bfloat16'; params and BN statistics stay float32
+            dtype="float32",  # compute: 'float32' | 'bfloat16' | 'float16' (dynamic loss scaling); params, BN statistics stay float32
             head_pooling="avg",  # 'avg' (global average pooling) | 'flatten' (the transfer seeds' Flatten)
             head_hidden=(),  # widths of hidden Dense+ReLU layers before the classifier; the seeds' head: (1000,)
             head_dropout=0.0,  # dropout before each Dense of the head (the 003 seed: 0.7)

@@ -32,7 +32,8 @@ from tqdm import tqdm
 
 from resnet_jax import config as config_lib
 from resnet_jax import data as data_lib
-from resnet_jax import distributed, divergence, multistep, optim, preemption, transfer
+from resnet_jax import distributed, divergence, multistep, optim, preemption, transfer, xla_cpu
+from resnet_jax import loss_scale as loss_scaling
 from resnet_jax.checkpoints import CheckpointError, Checkpoints
 from resnet_jax.diagnostics import diagnostics_fn, update_ratio_metrics
 from resnet_jax.losses import EVAL_METRICS, cross_entropy, higher_is_better, top_k_correct
@@ -50,6 +51,7 @@ class TrainState(struct.PyTreeNode):
     batch_stats: Any
     opt_state: Any
     plateau: Any  # optax.contrib ReduceLROnPlateauState; .scale multiplies the learning rate
+    loss_scale: Any = None  # float16 compute: flax DynamicScale (resnet_jax.loss_scale); otherwise None
 
 
 def build_model(config: ml_collections.ConfigDict, num_classes: int) -> ResNet:
@@ -63,7 +65,12 @@ def train_step(state: TrainState, batch: dict, model: ResNet, tx: optax.Gradient
 
     A step whose loss, gradients or new parameters are not finite is not applied (divergence.guard): the state stays
     as it was but for its step counter, and metrics['nonfinite'] is 1. `seed` and the step draw the dropout mask.
+    float16 compute needs a loss scale (resnet_jax.loss_scale): a step whose scaled gradients overflow is skipped too,
+    but as the scale's normal work, not a divergence; metrics then carry `loss_scale` and `overflow` (1: skipped).
     """
+    if state.loss_scale is None and jnp.dtype(model.dtype) == jnp.float16:
+        raise ValueError("float16 compute needs dynamic loss scaling: create the state with "
+                         "loss_scale=resnet_jax.loss_scale.for_dtype(jnp.float16) (init_state does), or use bfloat16")
     dropout_key = jax.random.fold_in(jax.random.key(seed), state.step)
 
     def loss_fn(params):
@@ -72,7 +79,7 @@ def train_step(state: TrainState, batch: dict, model: ResNet, tx: optax.Gradient
                                       rngs={"dropout": dropout_key})
         return cross_entropy(logits, batch["label"], label_smoothing).mean(), (logits, updates["batch_stats"])
 
-    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    loss_scale, finite, (loss, (logits, batch_stats)), grads = loss_scaling.value_and_grad(loss_fn, state.loss_scale, state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     updates = jax.tree.map(lambda u: u * state.plateau.scale, updates)
     new_state = state.replace(
@@ -80,14 +87,18 @@ def train_step(state: TrainState, batch: dict, model: ResNet, tx: optax.Gradient
         params=optax.apply_updates(state.params, updates),
         batch_stats=batch_stats,
         opt_state=opt_state,
+        loss_scale=loss_scale,
     )
-    new_state, nonfinite = divergence.guard(new_state, state, loss, grads)
+    new_state, nonfinite = divergence.guard(new_state, state.replace(loss_scale=loss_scale), loss, grads)
     metrics = {
         "loss": loss,
         "accuracy": top_k_correct(logits, batch["label"], 1).mean(),
         "top5": top_k_correct(logits, batch["label"], 5).mean(),
         "nonfinite": nonfinite,
     }
+    if loss_scale is not None:
+        new_state = loss_scaling.keep_if_finite(finite, new_state, state.replace(step=new_state.step, loss_scale=loss_scale))
+        metrics |= {"loss_scale": loss_scale.scale, "overflow": 1.0 - finite.astype(jnp.float32)}
     return new_state, metrics
 
 
@@ -158,35 +169,43 @@ def setup(config: ml_collections.ConfigDict) -> Run:
 
 
 def create_train_state(variables: dict, tx: optax.GradientTransformation,
-                       plateau_tx: optax.GradientTransformationExtraArgs | None = None) -> TrainState:
-    """A step-0 TrainState around model variables; without plateau_tx, a plateau whose scale stays 1."""
+                       plateau_tx: optax.GradientTransformationExtraArgs | None = None, loss_scale: Any = None) -> TrainState:
+    """A step-0 TrainState around model variables; without plateau_tx, a plateau whose scale stays 1.
+
+    loss_scale: resnet_jax.loss_scale.for_dtype(model.dtype), required for float16 compute.
+    """
     plateau_tx = plateau_tx or optax.contrib.reduce_on_plateau()
     params = variables["params"]
-    return TrainState(jnp.zeros((), jnp.int32), params, variables["batch_stats"], tx.init(params), plateau_tx.init(params))
+    return TrainState(jnp.zeros((), jnp.int32), params, variables["batch_stats"], tx.init(params), plateau_tx.init(params),
+                      loss_scale)
 
 
 def init_state(model: ResNet, tx: optax.GradientTransformation, plateau_tx: optax.GradientTransformationExtraArgs,
                image_shape: tuple[int, ...], seed: int, mesh: jax.sharding.Mesh) -> TrainState:
-    """A fresh TrainState, created directly with replicated sharding on the mesh."""
+    """A fresh TrainState, created directly with replicated sharding on the mesh (with a loss scale for float16)."""
 
     def init():
         variables = model.init(jax.random.key(seed), jnp.zeros((1, *image_shape), jnp.float32), train=False)
-        return create_train_state(variables, tx, plateau_tx)
+        return create_train_state(variables, tx, plateau_tx, loss_scaling.for_dtype(model.dtype))
 
     return jax.jit(init, out_shardings=NamedSharding(mesh, P()))()
 
 
 def compile_steps(model: ResNet, tx: optax.GradientTransformation, mesh: jax.sharding.Mesh, label_smoothing: float = 0.0,
                   seed: int = 0):
-    """train_step and eval_step jitted for the mesh: state replicated, batch sharded along 'data', state donated."""
+    """train_step and eval_step jitted for the mesh: state replicated, batch sharded along 'data', state donated
+    (with resnet_jax.xla_cpu's compiler options on CPU)."""
     replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+    options = xla_cpu.compiler_options(mesh.devices.flat[0].platform)
     train = jax.jit(
         partial(train_step, model=model, tx=tx, label_smoothing=label_smoothing, seed=seed),
         in_shardings=(replicated, sharded),
         out_shardings=(replicated, replicated),
         donate_argnums=0,
+        compiler_options=options,
     )
-    evaluate = jax.jit(partial(eval_step, model=model), in_shardings=(replicated, sharded), out_shardings=replicated)
+    evaluate = jax.jit(partial(eval_step, model=model), in_shardings=(replicated, sharded), out_shardings=replicated,
+                       compiler_options=options)
     return train, evaluate
 
 

@@ -131,16 +131,6 @@ def test_jit_and_eager_agree(resnet20_and_batch):
     chex.assert_trees_all_close(eager, jitted, rtol=1e-5, atol=1e-5)
 
 
-def test_bfloat16_compute_keeps_float32_params_and_statistics():
-    model = create_model("resnet20", 10, dtype=jnp.bfloat16)
-    x = jnp.ones((2, 32, 32, 3))
-    variables = model.init(jax.random.key(0), x)
-    chex.assert_trees_all_equal_dtypes(variables, jax.tree.map(lambda a: a.astype(jnp.float32), variables))
-    y, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
-    assert y.dtype == jnp.float32
-    assert all(v.dtype == jnp.float32 for v in jax.tree.leaves(updates))
-
-
 def test_plain_twin_drops_the_addition(resnet20_and_batch):
     """Option A has no shortcut parameters, so counting them cannot tell the twins apart: run them instead. With
     the last BN of each block zeroed, a residual block outputs its (post-ReLU) input, subsampled and zero-padded

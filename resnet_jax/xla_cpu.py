@@ -1,0 +1,47 @@
+"""What makes the training step faster on XLA:CPU (jaxlib 0.10.2): a conv that reads a materialised input, and one
+compiler option. Measured in benchmarks/cpu_gap.py; the analysis is in benchmarks/README.md.
+
+* XLA:CPU fuses every cheap elementwise producer into each of its consumers, however many there are. In a ResNet
+  the BatchNorm-ReLU-residual chain of a stage is then recomputed, block after block, inside every fusion that
+  reads an activation, among them the transposes that feed the weight-gradient convolutions. A
+  dynamic-update-slice is never fused into its consumers, so writing a conv input's first element back onto
+  itself makes XLA compute that input once and read it from memory.
+* jaxlib 0.10.2 hands convolutions and reductions to YNNPACK. Its convolutions, the weight gradients above all, are
+  slower here than XLA's Eigen ones, while its reductions (BatchNorm statistics) are faster than XLA's own.
+"""
+
+from typing import Any
+
+import jax
+import jaxlib
+from jax import lax
+
+# YNNPACK for reductions only: convolutions go to Eigen. The flag is jaxlib 0.10's (measured on 0.10.2); other
+# versions keep XLA's defaults until measured, and are spared a flag their XLA may not know.
+CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"}
+MEASURED_JAXLIB = "0.10."
+
+
+def materialized(x: jax.Array) -> jax.Array:
+    """`x` itself (its first element written back onto itself), computed once instead of fused into each consumer.
+
+    An array sharded in its type (an Explicit mesh, as multi-host runs use) is returned as it is: a one-element
+    slice of a sharded dimension is not defined there.
+    """
+    if any(jax.typeof(x).sharding.spec):
+        return x
+    corner = (0,) * x.ndim
+    return lax.dynamic_update_slice(x, lax.dynamic_slice(x, corner, (1,) * x.ndim), corner)
+
+
+def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, *args: Any, **kwargs: Any) -> jax.Array:
+    """lax.conv_general_dilated, reading a materialized `lhs` when compiled for CPU; the same numbers everywhere."""
+    lhs = lax.platform_dependent(lhs, cpu=materialized, default=lambda x: x)
+    return lax.conv_general_dilated(lhs, rhs, *args, **kwargs)
+
+
+def compiler_options(platform: str) -> dict[str, Any] | None:
+    """jax.jit compiler_options for a computation on `platform` ('cpu', 'gpu', 'tpu'): CPU_COMPILER_OPTIONS on CPU
+    with the jaxlib they were measured with, else None (XLA's defaults)."""
+    measured = jaxlib.__version__.startswith(MEASURED_JAXLIB)
+    return dict(CPU_COMPILER_OPTIONS) if platform == "cpu" and measured else None

@@ -1,0 +1,56 @@
+"""resnet_jax.xla_cpu: the model's CPU-fast conv gives lax's numbers, and the loop compiles with its options.
+
+Both are CPU features, so the tests compile for the CPU whatever the default device.
+"""
+
+import re
+from functools import partial
+
+import chex
+import jax
+import optax
+import pytest
+from jax import lax
+
+from resnet_jax import create_model, xla_cpu
+from resnet_jax.train import compile_steps, create_train_state, train_step
+
+BATCH = {
+    "image": jax.random.normal(jax.random.key(1), (8, 16, 16, 3)),
+    "label": jax.random.randint(jax.random.key(2), (8,), 0, 10),
+}
+TX = optax.sgd(0.1, momentum=0.9)
+CPU = jax.devices("cpu")[0]
+
+
+def tiny(**overrides):
+    model = create_model("resnet8", 10, widths=(4, 8, 16), **overrides)
+    return model, create_train_state(model.init(jax.random.key(0), BATCH["image"][:1]), TX)
+
+
+def test_materialising_conv_gives_lax_numbers_and_computes_each_conv_input_once():
+    with jax.default_device(CPU):
+        (model, state), (plain, plain_state) = tiny(), tiny(conv_general_dilated=lax.conv_general_dilated)
+        step, plain_step = (jax.jit(partial(train_step, model=m, tx=TX)) for m in (model, plain))
+        hlo = step.lower(state, BATCH).compile().as_text()
+        plain_hlo = plain_step.lower(plain_state, BATCH).compile().as_text()
+        # resnet8 has 7 convs; their inputs are written back onto themselves (and so not fused into their readers).
+        materialised = lambda text: len(re.findall(r"= \S+ dynamic-update-slice\(", text))  # noqa: E731
+        assert materialised(hlo) >= 7 and materialised(plain_hlo) == 0
+        new, metrics = step(state, BATCH)
+        plain_new, plain_metrics = plain_step(plain_state, BATCH)
+    chex.assert_trees_all_close((new, metrics), (plain_new, plain_metrics), rtol=1e-5, atol=1e-6)
+
+
+def test_compile_steps_compiles_with_the_xla_cpu_options(monkeypatch):
+    assert xla_cpu.compiler_options("gpu") is None and xla_cpu.compiler_options("tpu") is None
+    model, state = tiny()
+    mesh = jax.make_mesh((1,), ("data",), devices=[CPU])
+    # An option XLA does not know fails the compile: proof that compile_steps hands xla_cpu's options to XLA.
+    monkeypatch.setattr(xla_cpu, "CPU_COMPILER_OPTIONS", {"xla_cpu_no_such_option": "1"})
+    monkeypatch.setattr(xla_cpu, "MEASURED_JAXLIB", "")
+    train_fn, eval_fn = compile_steps(model, TX, mesh)
+    with pytest.raises(Exception, match="xla_cpu_no_such_option"):
+        train_fn.lower(state, BATCH).compile()
+    with pytest.raises(Exception, match="xla_cpu_no_such_option"):
+        eval_fn.lower(state, BATCH | {"mask": jax.numpy.ones(8)}).compile()
