@@ -28,6 +28,8 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from resnet_jax import xla_cpu
+
 PREFETCH = 2  # streamed batches prepared ahead of the one the step is given
 
 
@@ -66,13 +68,17 @@ def prefetch(batches: Iterator, size: int = PREFETCH) -> Iterator:
 
 def fused_steps(train_fn: Callable, batch_fn: Callable, mesh: jax.sharding.Mesh) -> Callable:
     """jit of (state, inputs, first, length) -> (the state after train_fn on batch_fn(*inputs, step) for steps first,
-    ..., first + length - 1; their metrics stacked on a leading axis). `length` is static; the state is donated."""
+    ..., first + length - 1; their metrics stacked on a leading axis). `length` is static; the state is donated.
+    A jitted train_fn is traced as the function it wraps, its compiler options (resnet_jax.xla_cpu) moved to this jit,
+    the only place JAX takes them."""
+    step_fn = getattr(train_fn, "__wrapped__", train_fn)
 
     def run(state, inputs, first, length):
-        return jax.lax.scan(lambda state, step: train_fn(state, batch_fn(*inputs, step)), state,
+        return jax.lax.scan(lambda state, step: step_fn(state, batch_fn(*inputs, step)), state,
                             first + jnp.arange(length))
 
-    return jax.jit(run, static_argnums=3, out_shardings=NamedSharding(mesh, P()), donate_argnums=0)
+    return jax.jit(run, static_argnums=3, out_shardings=NamedSharding(mesh, P()), donate_argnums=0,
+                   compiler_options=xla_cpu.compiler_options(mesh.devices.flat[0].platform))
 
 
 class Steps:
