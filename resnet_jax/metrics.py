@@ -85,16 +85,21 @@ class TrainMeter:
     """
 
     def __init__(self, totals: Mapping | None = None):
-        self.window: list[tuple[int, dict]] = []
+        self.window: list[tuple[int, int, dict]] = []  # (last step, number of steps, metrics)
         self.totals = dict(totals) if totals else {"steps": 0, "nonfinite": 0, "sums": {}}
 
-    def add(self, step: int, metrics: dict) -> None:
-        """The metrics of the update that produced `step` (still on the device)."""
-        self.window.append((step, metrics))
+    def add(self, step: int, metrics: dict, count: int = 1) -> None:
+        """The metrics of the update that produced `step` (still on the device); with count=n, those of the n updates
+        up to `step`, stacked along a leading axis whose entries after the n-th are ignored (resnet_jax.multistep)."""
+        self.window.append((step, count, metrics))
 
     def read(self) -> tuple[dict[str, float], list[int]]:
         """(means over the window's finite steps, the window's non-finite steps); empties the window."""
-        steps, values = [s for s, _ in self.window], jax.device_get([m for _, m in self.window])
+        fetched = jax.device_get([m for *_, m in self.window])
+        steps, values = [], []
+        for (last, count, _), m in zip(self.window, fetched):
+            steps += range(last - count + 1, last + 1)
+            values += [{k: np.reshape(v, -1)[i] for k, v in m.items()} for i in range(count)]
         self.window = []
         bad = [s for s, m in zip(steps, values) if m["nonfinite"]]
         good = [{k: float(v) for k, v in m.items() if k != "nonfinite"} for m in values if not m["nonfinite"]]

@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from resnet_jax import config as config_lib
 from resnet_jax import data as data_lib
-from resnet_jax import distributed, divergence, optim, preemption, transfer, xla_cpu
+from resnet_jax import distributed, divergence, multistep, optim, preemption, transfer, xla_cpu
 from resnet_jax import loss_scale as loss_scaling
 from resnet_jax.checkpoints import CheckpointError, Checkpoints
 from resnet_jax.diagnostics import diagnostics_fn, update_ratio_metrics
@@ -140,6 +140,13 @@ def setup(config: ml_collections.ConfigDict) -> Run:
             "set model.num_classes=0 to take it from the data"
         )
     model = transfer.configure(config, build_model(config.model, pipeline.num_classes), pipeline)
+    try:
+        multistep.check(config.steps_per_call, pipeline)
+    except ValueError as e:
+        raise config_lib.ConfigError(str(e)) from None
+    if config.steps_per_call > 1 and config.transfer.cache_features:
+        raise config_lib.ConfigError(f"steps_per_call={config.steps_per_call} does not run over cached features: "
+                                     "set steps_per_call=1 or transfer.cache_features=False")
     steps_per_epoch = pipeline.steps_per_epoch
     total_steps = config.num_steps or config.num_epochs * steps_per_epoch
     eval_splits = [s for s in ("val", "test") if s in pipeline.split_sizes]
@@ -224,11 +231,19 @@ def due(step: int, every: int, epoch_end: int, total_steps: int) -> bool:
     return step == total_steps or (step % every == 0 if every else step == epoch_end)
 
 
-def step_with_diagnostics(train_fn, diagnose, state: TrainState, batch: dict) -> tuple[TrainState, dict, dict]:
-    """train_fn(state, batch), with the gradient/activation diagnostics before the step and the update ratios after."""
+def sync_point(step: int, config: ml_collections.ConfigDict, epoch_end: int, total_steps: int) -> bool:
+    """Whether the loop reads the device after `step`: a log, evaluation or checkpoint step, or the epoch's end."""
+    return (step % config.log_every_steps == 0 or step == epoch_end
+            or due(step, config.eval_every_steps, epoch_end, total_steps)
+            or due(step, config.checkpoint_every_steps, epoch_end, total_steps))
+
+
+def step_with_diagnostics(step_fn, diagnose, state: TrainState, batch: dict) -> tuple[TrainState, dict, dict]:
+    """step_fn(state), the step on `batch`, with the gradient/activation diagnostics of `batch` before the step and
+    the update ratios after."""
     diag = diagnose({"params": state.params, "batch_stats": state.batch_stats}, batch)
     params_before = jax.tree.map(jnp.copy, state.params)  # the step donates state.params
-    state, metrics = train_fn(state, batch)
+    state, metrics = step_fn(state)
     return state, metrics, diag | update_ratio_metrics(params_before, state.params)
 
 
@@ -283,8 +298,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, o
     if config.transfer.cache_features:  # the head alone, on features of the frozen backbone computed once here
         step_model, pipeline = transfer.cache_features(run.model, state, pipeline, run.mesh)
     train_fn, eval_fn = compile_steps(step_model, run.tx, run.mesh, config.label_smoothing, config.seed)
+    runner = multistep.Steps(train_fn, pipeline, config.steps_per_call, run.mesh)
     writer = MetricWriter(workdir, resume_step=int(state.step)) if lead else None
     diagnose = diagnostics_fn(run.model) if config.diagnostics_every_steps else None
+    diagnosed = lambda s: bool(diagnose) and s % config.diagnostics_every_steps == 0  # noqa: E731 - before step s+1
     meter = TrainMeter(info.get("train_totals"))
     best = checkpoints.best()  # (step, value) of the best evaluation so far
     record: dict[str, float] = info.get("record", {})
@@ -297,22 +314,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, o
                 bar = tqdm(total=epoch_end - epoch * spe, initial=step - epoch * spe, desc=f"epoch {epoch + 1}/{num_epochs}",
                            disable=not lead, leave=False)
                 t0, window = time.perf_counter(), 0
-                for batch in pipeline.train_batches(epoch, start_step=step - epoch * spe):
-                    if step >= epoch_end:
-                        break
-                    if diagnose and step % config.diagnostics_every_steps == 0:  # every process joins; the lead writes
-                        state, metrics, diag = step_with_diagnostics(train_fn, diagnose, state, batch)
+                stops_after = lambda s: sync_point(s, config, epoch_end, run.total_steps) or diagnosed(s)  # noqa: E731
+                runner.start_epoch(epoch, step - epoch * spe)
+                while step < epoch_end:
+                    if diagnosed(step):  # every process joins; the lead writes
+                        n, batch = 1, runner.batch()
+                        state, metrics, diag = step_with_diagnostics(lambda s: runner.run(s, 1), diagnose, state, batch)
                         if lead:
                             writer.write(step, step / spe, jax.device_get(diag))
-                    else:
-                        state, metrics = train_fn(state, batch)
-                    step, window = step + 1, window + 1
-                    meter.add(step, metrics)
-                    bar.update(1)
+                    else:  # steps_per_call steps in one call, fewer if a sync point comes sooner
+                        n = multistep.call_length(step, config.steps_per_call, stops_after)
+                        state, metrics = runner.run(state, n)
+                    step, window = step + n, window + n
+                    meter.add(step, metrics, n)
+                    bar.update(n)
                     # Sync points: the steps where the loop reads the device. Between them nothing waits for it.
                     evaluating = due(step, config.eval_every_steps, epoch_end, run.total_steps)
                     saving = due(step, config.checkpoint_every_steps, epoch_end, run.total_steps)
-                    sync = evaluating or saving or step % config.log_every_steps == 0 or step == epoch_end
+                    sync = sync_point(step, config, epoch_end, run.total_steps)
                     stopping = guard.stop_requested(sync)
                     if not (sync or stopping):
                         continue

@@ -1,7 +1,7 @@
 """A workdir is one run: its config.json, and the rule for re-using it with a changed config.
 
 A resume may change the keys in COSMETIC (how often it logs, evaluates, checkpoints or diagnoses, how many checkpoints
-it keeps, what it does on a non-finite step, where the same data lives): they do not change what is trained. Any
+it keeps, what it does on a non-finite step, how many steps a compiled call runs, where the same data lives): they do not change what is trained. Any
 other difference is refused, naming the keys, unless --overwrite moves the old run aside. Nothing is written until
 every check passed (`save_config` comes last), so a failed attempt never poisons the workdir.
 """
@@ -17,7 +17,7 @@ from resnet_jax.config import default_config
 
 CONFIG_FILE = "config.json"
 COSMETIC = ("log_every_steps", "eval_every_steps", "checkpoint_every_steps", "checkpoint_keep",
-            "diagnostics_every_steps", "nonfinite", "data.path", "data.manual_dir")
+            "diagnostics_every_steps", "nonfinite", "steps_per_call", "data.path", "data.manual_dir")
 
 
 class WorkdirError(ValueError):

@@ -5,17 +5,19 @@
 
   smoke     the model and training tests (bf16 included) under pytest on the accelerator
   speed     the train step, resnet-jax vs PyTorch (eager, channels_last, torch.compile; autocast for bf16) in one
-            process: images/s, step time, compile time, peak memory, FLOP utilisation (benchmarks/train_step.py)
+            process: images/s, step time, compile time, peak memory, FLOP utilisation (benchmarks/train_step.py);
+            then one vs 8 training steps per compiled call for resnet8/20 (benchmarks/steps_per_call.py)
   pipeline  the step fed by the in-memory Fashion-MNIST pipeline vs by a device-resident batch (input_pipeline.py)
   accuracy  experiments/fashion_mnist_gpu.py, its epochs sized to the budget by a measured step: test accuracy,
             wall time, time to 94%
   ablation  experiments/ablation_gpu.py: plain vs residual nets of depth 20/56/110, the report and Figure 6
 
 OUT_DIR is laid out as the repository, so its results can be committed as they are: benchmarks/results/
-<name>-<date>-<device>.json + .md (smoke, train_step, input_pipeline, and campaign: the index of the parts),
-experiments/results/fashion_mnist_gpu/ and experiments/results/ablation_gpu/; logs/ holds the subprocesses' output
-and runs/ their workdirs (checkpoints). Every part writes its record as it goes; with --pack, every write also
-re-packs everything but runs/ into one .tar.gz, so a command killed at the device's limit still returns its results.
+<name>-<date>-<device>.json + .md (smoke, train_step, steps_per_call, input_pipeline, and campaign: the index of
+the parts), experiments/results/fashion_mnist_gpu/ and experiments/results/ablation_gpu/; logs/ holds the
+subprocesses' output and runs/ their workdirs (checkpoints). Every part writes its record as it goes; with --pack,
+every write also re-packs everything but runs/ into one .tar.gz, so a command killed at the device's limit still
+returns its results.
 --tiny is the CPU preset of every part (tiny nets, few steps), run by tests/test_gpu_campaign.py in CI; parts or
 variants that need a GPU are left out there with the reason recorded. benchmarks/README.md has the exact commands.
 """
@@ -188,7 +190,7 @@ def speed_cases(tiny: bool) -> list[tuple]:
     """(case, whether torch.compile is timed), the most telling first: a part out of budget leaves out the last ones.
 
     torch.compile is timed where it matters most (each model once, at the paper's batch or the largest ImageNet
-    batch); issue 9's steps_per_call will add a sweep here.
+    batch). The steps_per_call sweep (steps_per_call_cases) follows them.
     """
     from train_step import Case
 
@@ -249,7 +251,51 @@ def speed(out: Output, deadline: float, tiny: bool, data: Path) -> str:
         out.save({stem.with_suffix(".json"): record, stem.with_suffix(".md"): speed_markdown(record)})
     record["status"] = "done"
     out.save({stem.with_suffix(".json"): record, stem.with_suffix(".md"): speed_markdown(record)})
-    return f"{sum('results' in c for c in record['cases'])} of {len(record['cases'])} cases timed"
+    timed = f"{sum('results' in c for c in record['cases'])} of {len(record['cases'])} cases timed"
+    return f"{timed}; {steps_per_call_sweep(out, deadline, tiny)}"
+
+
+STEPS_PER_CALL = 8
+
+
+def steps_per_call_cases(tiny: bool) -> list[tuple[str, int]]:
+    """(model, batch) of the small models whose steps the host's dispatch can bound on a fast device."""
+    return [("resnet8", 8)] if tiny else [("resnet8", 128), ("resnet20", 128)]
+
+
+def steps_per_call_sweep(out: Output, deadline: float, tiny: bool) -> str:
+    """The training loop's steps over in-memory CIFAR-shaped data, one vs STEPS_PER_CALL per compiled call
+    (resnet_jax.multistep), interleaved (benchmarks/steps_per_call.py); within what is left of the speed budget."""
+    from steps_per_call import cifar_shaped, measure
+
+    record = header("speed", tiny, deadline) | {"status": "running", "steps_per_call": STEPS_PER_CALL, "cases": []}
+    stem = out.result("steps_per_call")
+    dataset = cifar_shaped(512 if tiny else 50_000)
+    for model, batch in steps_per_call_cases(tiny):
+        if time.perf_counter() > deadline:
+            record["cases"].append({"model": model, "batch_size": batch, "error": "not run: the part's time budget was spent"})
+            continue
+        record["cases"].append(measure(model, batch, STEPS_PER_CALL, repeats=2 if tiny else 5,
+                                       repeat_s=0.02 if tiny else 0.3, dataset=dataset, deadline=deadline))
+        gc.collect()
+        out.save({stem.with_suffix(".json"): record, stem.with_suffix(".md"): steps_per_call_markdown(record)})
+    record["status"] = "done"
+    out.save({stem.with_suffix(".json"): record, stem.with_suffix(".md"): steps_per_call_markdown(record)})
+    k = f"K={STEPS_PER_CALL}"
+    return "steps_per_call " + ", ".join(f"{c['model']} {c['over_k1'][k]:.2f}x" if "error" not in c else
+                                         f"{c['model']} not run" for c in record["cases"])
+
+
+def steps_per_call_markdown(record: dict) -> str:
+    k = f"K={record['steps_per_call']}"
+    md = ["# Steps per compiled call: one vs K training steps per dispatch", "", *provenance_lines(record),
+          "The training loop's steps (resnet_jax.multistep) on in-memory CIFAR-shaped data with crop_flip, in "
+          "interleaved repeats: `K=1` (the pipeline's jitted gather, then the jitted step), "
+          f"`{k}` (one lax.scan call for {record['steps_per_call']} steps, each gathering its own batch).", ""]
+    rows = [[c["model"], c["batch_size"], c["error"], "", ""] if "error" in c else
+            [c["model"], c["batch_size"], *(f"{c['images_per_sec_median'][w]:,.0f}" for w in ("K=1", k)),
+             f"{c['over_k1'][k]:.3f}"] for c in record["cases"]]
+    return "\n".join(md + table(["model", "batch", "K=1 images/s", f"{k} images/s", f"{k} / K=1"], rows)) + "\n"
 
 
 def speed_markdown(record: dict) -> str:

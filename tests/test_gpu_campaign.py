@@ -67,6 +67,14 @@ def test_tiny_speed_times_jax_and_pytorch_and_says_why_compile_is_skipped(tiny_c
     assert "datasheet" not in jax_result["model_flops_utilisation"]
 
 
+def test_tiny_speed_sweeps_steps_per_call(tiny_campaign):
+    record = json.loads(only(tiny_campaign[0] / "benchmarks" / "results", "steps_per_call-*.json").read_text())
+    [case] = record["cases"]
+    assert record["status"] == "done" and case["model"] == "resnet8" and case["steps_per_call"] == 8
+    assert set(case["images_per_sec_median"]) == {"K=1", "K=8"}
+    assert all(rate > 0 for rate in case["images_per_sec_median"].values()) and case["over_k1"]["K=1"] == 1
+
+
 def test_tiny_pipeline_compares_fed_and_resident_steps(tiny_campaign):
     record = json.loads(only(tiny_campaign[0] / "benchmarks" / "results", "input_pipeline-*.json").read_text())
     case = record["cases"][gpu_campaign.RECIPE_CASE]

@@ -153,10 +153,12 @@ class _InMemoryPipeline(Pipeline):
         shuffle_key = lambda epoch: jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), epoch), SHUFFLE_STEP)
         self._permutation = jax.jit(lambda epoch: jax.random.permutation(shuffle_key(epoch), len(train_images)),
                                     out_shardings=replicated)
-        self._train_batch = jax.jit(self._train_batch_fn, out_shardings=self._sharding)
+        self._train_batch = jax.jit(self.train_batch_fn, out_shardings=self._sharding)
         self._eval_batch = jax.jit(self._eval_batch_fn, out_shardings=self._sharding)
 
-    def _train_batch_fn(self, images, labels, perm, epoch, step):
+    def train_batch_fn(self, images, labels, perm, epoch, step):
+        """Batch `step` of the epoch whose train_inputs are (images, labels, perm, epoch); traceable, so that a jitted
+        loop can gather its batches itself (resnet_jax.multistep)."""
         idx = self._shard(jax.lax.dynamic_slice_in_dim(perm, step * self.batch_size, self.batch_size))
 
         def local(images, labels, idx, keys):
@@ -178,11 +180,15 @@ class _InMemoryPipeline(Pipeline):
         """The order in which `epoch` visits the training examples: step s takes entries s*B to (s+1)*B."""
         return self._permutation(epoch)
 
-    def train_batches(self, epoch: int, start_step: int = 0) -> Iterator[dict[str, jax.Array]]:
+    def train_inputs(self, epoch: int) -> tuple:
+        """The device arrays (and epoch) from which train_batch_fn(*train_inputs(epoch), step) gathers a batch."""
         images, labels = self._arrays["train"]
-        perm = self.train_order(epoch)
+        return images, labels, self.train_order(epoch), epoch
+
+    def train_batches(self, epoch: int, start_step: int = 0) -> Iterator[dict[str, jax.Array]]:
+        inputs = self.train_inputs(epoch)
         for step in range(start_step, self.steps_per_epoch):
-            yield self._train_batch(images, labels, perm, epoch, step)
+            yield self._train_batch(*inputs, step)
 
     def eval_batches(self, split: str) -> Iterator[dict[str, jax.Array]]:
         self._check_split(split)
