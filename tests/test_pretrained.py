@@ -84,16 +84,15 @@ def our_logits(name: str, tensors, fmt: str, sizes, num_classes: int = 1000, loa
 
 
 def assert_parity(label: str, ours: dict, reference: dict) -> None:
-    """float64: 1e-9 relative (the layout is exact); float32: within 16 float32 epsilons of the largest logit, or 4x
-    the reference's own float32 error if that is larger (torch's own float32 error is rounding noise, 1-7 epsilons,
-    and varies run to run with its thread count)."""
-    eps32 = float(np.finfo(np.float32).eps)
+    """float64: 1e-9 relative (the layout is exact). float32: within 1e-5 of the largest logit (84 float32
+    epsilons; a bfloat16 or TF32 path errs by 1e-3), or 4x the reference's own float32 error if that is larger.
+    Our float32 error is 0.5-2e-6 and moves with XLA:CPU's conv backend and thread split, as torch's own does."""
     for size in sorted({s for s, _ in reference}, reverse=True):
         r64 = reference[size, "float64"]
         e64, e32, ref32 = rel(ours[size, "float64"], r64), rel(ours[size, "float32"], r64), rel(reference[size, "float32"], r64)
         print(f"parity {label} {size}x{size}: float64 {e64:.1e}; float32 ours {e32:.1e}, reference {ref32:.1e}")
         assert e64 < 1e-9, (label, size, e64)
-        assert e32 <= max(4 * ref32, 16 * eps32), (label, size, e32, ref32)
+        assert e32 <= max(4 * ref32, 1e-5), (label, size, e32, ref32)
 
 
 # ---- torchvision and timm ---------------------------------------------------------------------------
