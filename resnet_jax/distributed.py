@@ -125,11 +125,11 @@ def validate(s: Settings) -> None:
 def initialize(s: Settings) -> None:
     """Join the run's other processes, if `s` asks for a multi-process run; call it before any other JAX call."""
     validate(s)
+    ensure_cpu_client_threads()  # one process with several CPU devices needs it too
     if not s.enabled:
         return
     if jax.config.jax_cpu_collectives_implementation is None:  # CPU devices talk across processes with gloo
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    ensure_cpu_client_threads()
     try:
         jax.distributed.initialize(
             coordinator_address=s.coordinator_address, num_processes=s.num_processes, process_id=s.process_id,
@@ -142,11 +142,12 @@ def initialize(s: Settings) -> None:
 
 
 def ensure_cpu_client_threads() -> None:
-    """Give XLA's CPU client at least 2 threads per local CPU device, or a multi-process CPU run deadlocks.
+    """Give XLA's CPU client at least 2 threads per local CPU device, or a multi-device CPU run can deadlock.
 
     XLA:CPU sizes its client thread pool max(cores, local devices). A multi-device launch blocks one pool thread per
     device while that device already has 32 computations queued, and a running collective holds one pool thread per
-    device waiting for its peers (gloo): with fewer than 2 threads per device, both wait for each other as soon as
+    device waiting for its peers (gloo across processes, XLA's rendezvous within one: seen as "only 3 of 4 threads
+    arrived" in a 1-process x 4-device run): with fewer than 2 threads per device, both wait for each other as soon as
     32 computations are queued, as an evaluation loop does. PJRT_NPROC, read when the CPU client is created, sets it.
     """
     env = os.environ.get("PJRT_NPROC") or os.environ.get("NPROC") or ""
