@@ -57,3 +57,29 @@ def learnable_idx_dir(tmp_path_factory):
         _write_idx(root / f"{prefix}-images-idx3-ubyte.gz", images, gz=True)
         _write_idx(root / f"{prefix}-labels-idx1-ubyte.gz", labels, gz=True)
     return root
+
+
+class SimulatedPreemption(Exception):
+    """A run stopped right after writing a checkpoint, as a preemption between two steps would stop it."""
+
+
+@pytest.fixture
+def train_until_a_checkpoint(monkeypatch):
+    """train_until_a_checkpoint(config, workdir): train_and_evaluate, stopped right after its first checkpoint."""
+    from resnet_jax.checkpoints import Checkpoints
+    from resnet_jax.train import train_and_evaluate
+
+    original_save = Checkpoints.save
+
+    def save_then_die(self, state, info, value=None):
+        original_save(self, state, info, value)
+        self.close()
+        raise SimulatedPreemption
+
+    def run(config, workdir):
+        with monkeypatch.context() as m:
+            m.setattr(Checkpoints, "save", save_then_die)
+            with pytest.raises(SimulatedPreemption):
+                train_and_evaluate(config, workdir)
+
+    return run

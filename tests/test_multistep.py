@@ -42,10 +42,6 @@ def records(workdir):
     return [{k: v for k, v in e.items() if k != "images_per_sec"} for e in read_metrics(workdir)]
 
 
-class Interrupted(Exception):
-    pass
-
-
 @pytest.fixture
 def device_reads(monkeypatch):
     """A list whose length counts the values fetched from the device: float(x), int(x), jax.device_get(x), ...
@@ -64,10 +60,10 @@ def steps_with_reads(calls: list[tuple[int, int]]) -> set[int]:
     return {step for step, (_, before), (_, after) in zip(list(starts)[1:], calls, calls[1:]) if after > before}
 
 
-def test_eight_steps_per_call_equal_one_step_per_call_and_resume_exactly_mid_epoch(tmp_path, learnable_idx_dir,
-                                                                                  monkeypatch, device_reads):
+def test_eight_steps_per_call_equal_one_step_per_call_and_resume_exactly_mid_epoch(
+        tmp_path, learnable_idx_dir, monkeypatch, device_reads, train_until_a_checkpoint):
     calls = []  # (steps in the call, device reads before it)
-    original_run, original_save = multistep.Steps.run, Checkpoints.save
+    original_run = multistep.Steps.run
     monkeypatch.setattr(multistep.Steps, "run",
                         lambda self, state, n: (calls.append((n, len(device_reads))), original_run(self, state, n))[1])
     one = train_and_evaluate(config_for(learnable_idx_dir, steps_per_call=1), tmp_path / "k1")
@@ -83,15 +79,7 @@ def test_eight_steps_per_call_equal_one_step_per_call_and_resume_exactly_mid_epo
     assert [n for n, _ in calls] == [1, 4, 2, 1, 4, 1, 2, 1, 8], calls
     assert steps_with_reads(calls) == {1, 8, 12, 13, 16}
 
-    def save_then_die(self, state, info, value=None):
-        original_save(self, state, info, value)
-        self.close()
-        raise Interrupted
-
-    with monkeypatch.context() as m:
-        m.setattr(Checkpoints, "save", save_then_die)
-        with pytest.raises(Interrupted):
-            train_and_evaluate(eight_config, tmp_path / "k8-resumed")  # stops after the checkpoint of step 12
+    train_until_a_checkpoint(eight_config, tmp_path / "k8-resumed")  # stops after the checkpoint of step 12
     assert Checkpoints(tmp_path / "k8-resumed").latest_step() == 12
     resumed = train_and_evaluate(eight_config, tmp_path / "k8-resumed")
 

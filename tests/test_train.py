@@ -220,26 +220,13 @@ def test_workdir_with_another_config_is_kept_unless_asked(tmp_path, learnable_id
     assert json.loads((workdir / "config.json").read_text())["batch_size"] == 64
 
 
-class SimulatedPreemption(Exception):
-    pass
-
-
-def test_interrupted_mid_epoch_and_resumed_run_equals_an_uninterrupted_one(tmp_path, learnable_idx_dir, monkeypatch):
+def test_interrupted_mid_epoch_and_resumed_run_equals_an_uninterrupted_one(tmp_path, learnable_idx_dir,
+                                                                           train_until_a_checkpoint):
     # 1.5 epochs of 8 steps; evaluations and checkpoints every 5 steps (and at the last step)
     config = tiny_config(learnable_idx_dir, num_steps=12, checkpoint_every_steps=5, eval_every_steps=5)
     full = train_and_evaluate(config, tmp_path / "full")
 
-    original_save = Checkpoints.save
-
-    def save_then_die(self, state, info, value=None):
-        original_save(self, state, info, value)
-        self.close()
-        raise SimulatedPreemption
-
-    with monkeypatch.context() as m:
-        m.setattr(Checkpoints, "save", save_then_die)
-        with pytest.raises(SimulatedPreemption):
-            train_and_evaluate(config, tmp_path / "resumed")  # dies right after the checkpoint of step 5
+    train_until_a_checkpoint(config, tmp_path / "resumed")  # dies right after the checkpoint of step 5
     assert Checkpoints(tmp_path / "resumed").latest_step() == 5
     resumed = train_and_evaluate(config, tmp_path / "resumed")
     assert train_and_evaluate(config, tmp_path / "resumed") == resumed  # a finished run: nothing to do
