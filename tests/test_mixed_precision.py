@@ -85,7 +85,7 @@ def test_bfloat16_batch_norm_statistics_are_reduced_in_float32():
 def test_float16_without_a_loss_scale_is_refused():
     model, state = tiny_state(jnp.float16)
     with pytest.raises(ValueError, match="float16 compute needs dynamic loss scaling"):
-        train_step(state, BATCH, model, TX)
+        train_step(state, BATCH, model=model, tx=TX)
 
 
 def test_float16_step_is_unscaled_and_matches_float32():
