@@ -38,7 +38,7 @@ from jax import lax
 import train_step as bench
 from resnet_jax import create_model, xla_cpu
 from resnet_jax.provenance import device_slug
-from resnet_jax.train import create_train_state
+from resnet_jax.steps import create_train_state
 
 # resnet20's convs at batch 128: (height = width, in channels, out channels, stride) and how many of each.
 RESNET20_CONVS = [(32, 3, 16, 1, 1), (32, 16, 16, 1, 6), (32, 16, 32, 2, 1), (16, 32, 32, 1, 5), (16, 32, 64, 2, 1),

@@ -30,7 +30,8 @@ from jax.sharding import PartitionSpec as P
 from resnet_jax.config import default_config as run_config
 from resnet_jax.data import Dataset, Pipeline, default_config, make_pipeline
 from resnet_jax.provenance import provenance
-from resnet_jax.train import compile_steps, init_state, setup
+from resnet_jax.loop import setup
+from resnet_jax.steps import compile_steps, init_state
 from train_step import measure_jax_train_step
 
 RESULTS = Path(__file__).parent / "results"
@@ -86,7 +87,7 @@ def fed_vs_resident(config: ml_collections.ConfigDict, repeats: int = 5, repeat_
     """
     t0 = time.perf_counter()
     run = setup(config)
-    state = init_state(run.model, run.tx, run.plateau_tx, run.pipeline.image_shape, config.seed, run.mesh)
+    state = init_state(run.model, run.tx, run.pipeline.image_shape, config.seed, run.mesh)
     train_fn, _ = compile_steps(run.model, run.tx, run.mesh, config.label_smoothing)
     setup_s = time.perf_counter() - t0
     rng = np.random.default_rng(0)

@@ -27,7 +27,7 @@ from resnet_jax import create_model, multistep, optim
 from resnet_jax.config import default_config
 from resnet_jax.data import Dataset, make_pipeline
 from resnet_jax.provenance import device_slug, provenance
-from resnet_jax.train import compile_steps, init_state
+from resnet_jax.steps import compile_steps, init_state
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -52,7 +52,7 @@ def measure(model_name: str, batch_size: int, steps_per_call: int, repeats: int,
     lr = config.optimizer.learning_rate
     tx = optim.make_optimizer(config.optimizer, optim.make_schedule(config.schedule, lr, pipeline.steps_per_epoch,
                                                                     config.num_epochs * pipeline.steps_per_epoch))
-    state = init_state(model, tx, optim.make_plateau(config.plateau, lr), pipeline.image_shape, config.seed, mesh)
+    state = init_state(model, tx, pipeline.image_shape, config.seed, mesh)
     train_fn, _ = compile_steps(model, tx, mesh)
     runners = {f"K={k}": (k, multistep.Steps(train_fn, pipeline, k, mesh)) for k in (1, steps_per_call)}
     ways = list(runners)
@@ -62,9 +62,8 @@ def measure(model_name: str, batch_size: int, steps_per_call: int, repeats: int,
         nonlocal state
         k, runner = runners[way]
         t0 = time.perf_counter()
-        runner.start_epoch(0, 0)
-        for _ in range(steps // k):
-            state, _ = runner.run(state, k)
+        for _, n in runner.calls(0, steps, lambda s: False):
+            state, _ = runner.run(state, n)
         jax.block_until_ready(state)
         return time.perf_counter() - t0
 

@@ -53,7 +53,7 @@ from resnet_jax.models import model_spec
 from resnet_jax.provenance import device_slug, provenance
 from resnet_jax.summary import count_params
 from resnet_jax.config import DTYPES
-from resnet_jax.train import create_train_state, train_step
+from resnet_jax.steps import create_train_state, train_step
 
 if TYPE_CHECKING:  # torch is imported where used, so that the JAX half of this file runs without it
     import torch

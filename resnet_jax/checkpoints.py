@@ -182,6 +182,12 @@ class Checkpoints:
         self.manager.wait_until_finished()
         self.manager.close()
 
+    def __enter__(self) -> "Checkpoints":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
 
 def saved_best_metric(workdir: str | Path) -> str:
     """The metric a run's checkpoints were ranked by (from orbax's metrics files); 'val/accuracy' if none was evaluated."""

@@ -6,6 +6,7 @@ is built, written or compiled, and names each bad key with what it accepts.
 """
 
 import difflib
+import json
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -175,3 +176,18 @@ def check_override_keys(argv: Sequence[str], flag: str = "config") -> None:
     if problems:
         raise ConfigError("unknown config key(s):\n  " + "\n  ".join(problems) +
                           "\nEvery key a run understands is in resnet_jax/config.py (default_config).")
+
+
+def upgrade(saved: dict) -> dict:
+    """A config dict saved by an older resnet-jax, with values whose spelling has changed since in today's spelling.
+
+    The one place where old configs are upgraded: a section whose keys change adds its step here.
+    """
+    return saved
+
+
+def from_saved(text: str) -> ml_collections.ConfigDict:
+    """A run's config.json as today's config: upgraded, and keys added since the run was made at their defaults."""
+    config = default_config()
+    config.update(upgrade(json.loads(text)))
+    return config

@@ -14,8 +14,9 @@ from pathlib import Path
 
 from resnet_jax import distributed
 from resnet_jax.checkpoints import Checkpoints
-from resnet_jax.config import default_config
-from resnet_jax.train import compile_steps, evaluate_split, init_state, setup
+from resnet_jax.config import from_saved
+from resnet_jax.loop import evaluate_split, setup
+from resnet_jax.steps import compile_steps, init_state
 
 
 def evaluate_run(workdir: str | Path, which: str = "best", splits: tuple[str, ...] = ("test",)) -> dict[str, float]:
@@ -24,13 +25,12 @@ def evaluate_run(workdir: str | Path, which: str = "best", splits: tuple[str, ..
     saved = workdir / "config.json"
     if not saved.exists():
         raise FileNotFoundError(f"{saved} not found: --workdir must be a directory written by python -m resnet_jax.train")
-    config = default_config()  # keys added since the run was made keep their defaults
-    config.update(json.loads(saved.read_text()))
+    config = from_saved(saved.read_text())
     run = setup(config)
     missing = [s for s in splits if s not in run.pipeline.split_sizes]
     if missing:
         raise ValueError(f"split(s) {missing} not in this run's data (it has {sorted(run.pipeline.split_sizes)})")
-    state = init_state(run.model, run.tx, run.plateau_tx, run.pipeline.image_shape, config.seed, run.mesh)
+    state = init_state(run.model, run.tx, run.pipeline.image_shape, config.seed, run.mesh)
     checkpoints = Checkpoints(workdir, best_metric=run.best_metric, read_only=True)
     restored = checkpoints.restore(state, which)
     checkpoints.close()

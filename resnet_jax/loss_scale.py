@@ -25,16 +25,11 @@ def value_and_grad(fun: Callable, loss_scale: DynamicScale | None, params: Any) 
     """(new loss scale, whether the gradients are finite, fun's (loss, aux), float32 gradients) of a has_aux loss.
 
     Without a loss scale this is jax.value_and_grad(fun, has_aux=True)(params), with gradients reported finite.
-    With one, the gradients of an overflowed step are zeros: the step is skipped (keep_if_finite), and an overflow is
-    the scale at work, which divergence.guard must not take for a diverged run.
+    With one, the gradients of an overflowed step are zeros and the train step skips it: an overflow is the scale at
+    work, not a diverged run.
     """
     if loss_scale is None:
         value, grads = jax.value_and_grad(fun, has_aux=True)(params)
         return None, jnp.array(True), value, grads
     loss_scale, finite, value, grads = loss_scale.value_and_grad(fun, has_aux=True)(params)
     return loss_scale, finite, value, jax.tree.map(lambda g: jnp.where(finite, g, jnp.zeros_like(g)), grads)
-
-
-def keep_if_finite(finite: jax.Array, new: Any, old: Any) -> Any:
-    """`new` where `finite`, else `old`, leaf by leaf: how an overflowed float16 step is skipped."""
-    return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)

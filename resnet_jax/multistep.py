@@ -82,16 +82,27 @@ def fused_steps(train_fn: Callable, batch_fn: Callable, mesh: jax.sharding.Mesh)
 
 
 class Steps:
-    """A run's training steps over its pipeline, epoch by epoch: `start_epoch(e, start)`, then `run(state, n)` runs the
-    next n steps; `batch()` is the next step's batch, for diagnostics measured before that step runs."""
+    """A run's training steps over its pipeline, across epochs: `calls(start, total, stops_after)` yields each compiled
+    call's (first step, number of steps), and `run(state, n)` runs that call; `batch()` is the next step's batch, for
+    diagnostics measured before that step runs."""
 
     def __init__(self, train_fn: Callable, pipeline: Any, steps_per_call: int, mesh: jax.sharding.Mesh):
         check(steps_per_call, pipeline)
-        self._train_fn, self._pipeline = train_fn, pipeline
+        self._train_fn, self._pipeline, self._steps_per_call = train_fn, pipeline, steps_per_call
         self._fused = fused_steps(train_fn, pipeline.train_batch_fn, mesh) if steps_per_call > 1 else None
 
-    def start_epoch(self, epoch: int, start: int) -> None:
-        """Run `epoch`'s steps from step `start` (counted within the epoch) on."""
+    def calls(self, start: int, total: int, stops_after: Callable[[int], bool]) -> Iterator[tuple[int, int]]:
+        """(first step, length) of the calls from step `start` to `total`: a call stops short of crossing a step s
+        where stops_after(s) (the loop reads the device there) and of an epoch's end."""
+        spe, step = self._pipeline.steps_per_epoch, start
+        while step < total:
+            if step == start or step % spe == 0:
+                self._start_epoch(step // spe, step % spe)
+            n = call_length(step, self._steps_per_call, lambda s: stops_after(s) or s % spe == 0 or s == total)
+            yield step, n
+            step += n
+
+    def _start_epoch(self, epoch: int, start: int) -> None:
         self._epoch, self._position, self._next = epoch, start, None
         if self._fused:
             self._inputs = self._pipeline.train_inputs(epoch)
@@ -107,8 +118,8 @@ class Steps:
         return self._next
 
     def run(self, state: Any, n: int) -> tuple[Any, dict]:
-        """(state after the next n steps, their metrics: stacked on a leading axis of n in one call with
-        steps_per_call > 1, else the one step's); n as call_length says."""
+        """(state after the call's n steps, their metrics: stacked on a leading axis of n with steps_per_call > 1,
+        else the one step's)."""
         if not self._fused:
             assert n == 1, n
             batch, self._next = self.batch(), None

@@ -161,7 +161,27 @@ def make_plateau(config: ml_collections.ConfigDict, base_lr: float) -> optax.Gra
     )
 
 
-def step_plateau(plateau: optax.GradientTransformationExtraArgs, state: Any, monitor: str, value: float) -> Any:
-    """The plateau state after one evaluation of `monitor` (optax minimises: accuracies are negated)."""
+def with_plateau(tx: optax.GradientTransformation, plateau: optax.GradientTransformationExtraArgs
+                 ) -> optax.GradientTransformation:
+    """`tx` followed by a multiplication by the plateau's scale: the optimizer state becomes (tx's, the plateau's).
+
+    The train step only reads the scale; the loop moves the plateau at each evaluation (`step_plateau`).
+    """
+
+    def update(updates, state, params=None):
+        del params
+        return jax.tree.map(lambda u: u * state.scale.astype(u.dtype), updates), state
+
+    return optax.chain(tx, optax.GradientTransformation(plateau.init, update))
+
+
+def step_plateau(plateau: optax.GradientTransformationExtraArgs, opt_state: tuple, monitor: str, value: float) -> tuple:
+    """The optimizer state of `with_plateau` after one evaluation of `monitor` (optax minimises: accuracies negated)."""
+    *rest, state = opt_state
     _, state = plateau.update({}, state, value=-value if higher_is_better(monitor) else value)
-    return state
+    return (*rest, state)
+
+
+def plateau_scale(opt_state: tuple) -> float:
+    """The factor by which the plateau has cut the rate so far (the last element of a `with_plateau` state)."""
+    return float(opt_state[-1].scale)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import ml_collections
 
-from resnet_jax.config import default_config
+from resnet_jax.config import from_saved
 
 CONFIG_FILE = "config.json"
 COSMETIC = ("log_every_steps", "eval_every_steps", "checkpoint_every_steps", "checkpoint_keep",
@@ -27,13 +27,13 @@ class WorkdirError(ValueError):
 def config_differences(workdir: Path, config: ml_collections.ConfigDict) -> list[str]:
     """The keys in which `config` differs from the one saved in `workdir` (none if nothing is saved there).
 
-    A key the saved config lacks (written before the key existed) counts as having its default value.
+    A key the saved config lacks (written before the key existed) counts as having its default value
+    (config.from_saved).
     """
     saved = Path(workdir) / CONFIG_FILE
     if not saved.exists():
         return []
-    defaults = _flat(json.loads(default_config().to_json_best_effort()))
-    old = defaults | _flat(json.loads(saved.read_text()))
+    old = _flat(json.loads(from_saved(saved.read_text()).to_json_best_effort()))
     new = _flat(json.loads(config.to_json_best_effort()))
     return sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
 

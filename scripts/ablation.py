@@ -40,7 +40,7 @@ from resnet_jax.checkpoints import Checkpoints  # noqa: E402
 from resnet_jax.diagnostics import layer_groups  # noqa: E402
 from resnet_jax.metrics import METRICS_FILE, read_metrics, series  # noqa: E402
 from resnet_jax.provenance import provenance  # noqa: E402
-from resnet_jax.train import train_and_evaluate  # noqa: E402
+from resnet_jax.loop import train_and_evaluate  # noqa: E402
 from resnet_jax.workdir import config_differences  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

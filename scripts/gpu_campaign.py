@@ -400,7 +400,7 @@ def accuracy(out: Output, deadline: float, tiny: bool, data: Path) -> str:
 
     from resnet_jax.metrics import read_metrics
     from resnet_jax.summary import count_params
-    from resnet_jax.train import build_model
+    from resnet_jax.loop import build_model
 
     experiment = "experiments/fashion_mnist_gpu.py"  # the commands run from the repository root
     config = load_experiment("fashion_mnist_gpu").get_config(preset(tiny))

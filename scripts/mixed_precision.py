@@ -18,7 +18,7 @@ from pathlib import Path
 from experiments.quickstart import get_config
 from resnet_jax.metrics import METRICS_FILE
 from resnet_jax.provenance import provenance
-from resnet_jax.train import train_and_evaluate
+from resnet_jax.loop import train_and_evaluate
 
 COMMAND = "python scripts/mixed_precision.py"
 STATUS = "mixed_precision.json"

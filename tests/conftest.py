@@ -67,7 +67,7 @@ class SimulatedPreemption(Exception):
 def train_until_a_checkpoint(monkeypatch):
     """train_until_a_checkpoint(config, workdir): train_and_evaluate, stopped right after its first checkpoint."""
     from resnet_jax.checkpoints import Checkpoints
-    from resnet_jax.train import train_and_evaluate
+    from resnet_jax.loop import train_and_evaluate
 
     original_save = Checkpoints.save
 

@@ -28,7 +28,7 @@ def main(args: dict) -> None:
 
     distributed.initialize(distributed.Settings(**args["settings"]))
     from resnet_jax.evaluate import evaluate_run
-    from resnet_jax.train import train_and_evaluate
+    from resnet_jax.loop import train_and_evaluate
 
     out = {"runs": []}
     for run in args["runs"]:

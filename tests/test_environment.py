@@ -37,7 +37,7 @@ import resnet_jax, resnet_jax.checkpoints, resnet_jax.diagnostics, resnet_jax.ev
 from resnet_jax.config import default_config
 from resnet_jax.data import __main__ as data_cli
 from resnet_jax.metrics import read_metrics
-from resnet_jax.train import train_and_evaluate
+from resnet_jax.loop import train_and_evaluate
 
 idx, folder, out = sys.argv[1:4]
 # Both runs have the same model, image shape (16x16x1, 2 classes) and schedule: with a compilation cache, the

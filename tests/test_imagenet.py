@@ -306,7 +306,8 @@ def test_imagenet_recipe_trains_on_a_tiny_folder_and_a_mid_epoch_resume_ends_whe
 
     from experiments.imagenet_goyal import get_config
     from resnet_jax.checkpoints import Checkpoints
-    from resnet_jax.train import init_state, setup, train_and_evaluate
+    from resnet_jax.loop import setup, train_and_evaluate
+    from resnet_jax.steps import init_state
 
     c = get_config()
     c.model.update(name="resnet8", widths=(4, 8, 16), dtype="float32")
@@ -337,7 +338,7 @@ def test_imagenet_recipe_trains_on_a_tiny_folder_and_a_mid_epoch_resume_ends_whe
     assert Checkpoints(tmp_path / "resumed").latest_step() == 2
     assert train_and_evaluate(c, tmp_path / "resumed") == full
     run = setup(c)
-    template = init_state(run.model, run.tx, run.plateau_tx, run.pipeline.image_shape, c.seed, run.mesh)
+    template = init_state(run.model, run.tx, run.pipeline.image_shape, c.seed, run.mesh)
     final = []
     for name in ("full", "resumed"):
         checkpoints = Checkpoints(tmp_path / name)

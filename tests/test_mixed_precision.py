@@ -15,7 +15,8 @@ from resnet_jax.checkpoints import Checkpoints
 from resnet_jax.config import default_config
 from resnet_jax.loss_scale import DynamicScale, for_dtype
 from resnet_jax.metrics import read_metrics
-from resnet_jax.train import create_train_state, train_and_evaluate, train_step
+from resnet_jax.loop import train_and_evaluate
+from resnet_jax.steps import create_train_state, train_step
 
 TINY = dict(widths=(4, 8, 16))
 BATCH = {
@@ -84,7 +85,7 @@ def test_bfloat16_batch_norm_statistics_are_reduced_in_float32():
 def test_float16_without_a_loss_scale_is_refused():
     model, state = tiny_state(jnp.float16)
     with pytest.raises(ValueError, match="float16 compute needs dynamic loss scaling"):
-        train_step(state, BATCH, model, TX)
+        train_step(state, BATCH, model=model, tx=TX)
 
 
 def test_float16_step_is_unscaled_and_matches_float32():
@@ -107,7 +108,7 @@ def test_float16_overflowing_step_is_skipped_halves_the_scale_and_growth_doubles
     assert float(metrics["overflow"]) == 1.0 and np.isfinite(float(metrics["loss"]))
     assert float(metrics["nonfinite"]) == 0.0  # the scale's normal work: not a divergence (nonfinite='stop' goes on)
     assert int(skipped.step) == 1 and float(skipped.loss_scale.scale) == 2.0**99
-    for part in ("params", "opt_state", "batch_stats", "plateau"):
+    for part in ("params", "opt_state", "batch_stats"):
         chex.assert_trees_all_equal(getattr(skipped, part), getattr(state, part))
 
     ok = skipped.replace(loss_scale=DynamicScale(growth_interval=2, scale=2.0**10))

@@ -22,7 +22,8 @@ from multihost_worker import quickstart_with
 from resnet_jax import distributed, evaluate
 from resnet_jax.checkpoints import Checkpoints
 from resnet_jax.metrics import read_metrics
-from resnet_jax.train import init_state, setup
+from resnet_jax.loop import setup
+from resnet_jax.steps import init_state
 
 STEPS_PER_EPOCH = 8  # the fixture's 256 training images in batches of 32
 HEARTBEAT = 20  # seconds: how soon JAX declares a silent process lost (10 s gave false losses under load)
@@ -143,7 +144,7 @@ def test_two_processes_resume_and_end_as_one_process_on_4_and_on_1_device(lost_p
 
     config = quickstart_with(changes)
     built = setup(config)
-    template = init_state(built.model, built.tx, built.plateau_tx, built.pipeline.image_shape, config.seed, built.mesh)
+    template = init_state(built.model, built.tx, built.pipeline.image_shape, config.seed, built.mesh)
     four_dir, one_dir = root / "reference-4", root / "reference-1"
     for name, run_dir, reference_dir in (("2x2 vs 1x4", workdir, four_dir), ("1x4 vs 1", four_dir, one_dir)):
         assert_same_metrics(read_metrics(run_dir), read_metrics(reference_dir), name)

@@ -12,7 +12,8 @@ from resnet_jax import multistep
 from resnet_jax.checkpoints import Checkpoints
 from resnet_jax.config import ConfigError, default_config
 from resnet_jax.metrics import read_metrics
-from resnet_jax.train import compile_steps, init_state, setup, train_and_evaluate
+from resnet_jax.loop import setup, train_and_evaluate
+from resnet_jax.steps import compile_steps, init_state
 
 
 def config_for(idx_dir, **overrides):
@@ -30,7 +31,7 @@ def config_for(idx_dir, **overrides):
 
 def final_state(config, workdir):
     run = setup(config)
-    template = init_state(run.model, run.tx, run.plateau_tx, run.pipeline.image_shape, config.seed, run.mesh)
+    template = init_state(run.model, run.tx, run.pipeline.image_shape, config.seed, run.mesh)
     checkpoints = Checkpoints(workdir)
     state, _ = checkpoints.restore(template)
     checkpoints.close()
@@ -109,14 +110,15 @@ def tiny_run(learnable_idx_dir):
 def test_a_call_trains_on_the_pipelines_batches_in_order(tiny_run):
     """K steps in one call are the steps on train_batches(epoch, start), to float32 rounding."""
     run = tiny_run
-    fresh = lambda: init_state(run.model, run.tx, run.plateau_tx, run.pipeline.image_shape, 0, run.mesh)  # noqa: E731
+    fresh = lambda: init_state(run.model, run.tx, run.pipeline.image_shape, 0, run.mesh)  # noqa: E731
     train_fn, _ = compile_steps(run.model, run.tx, run.mesh)
     state, losses = fresh(), []
     for batch in itertools.islice(run.pipeline.train_batches(1, start_step=3), 4):
         state, metrics = train_fn(state, batch)
         losses.append(float(metrics["loss"]))
     steps = multistep.Steps(train_fn, run.pipeline, 4, run.mesh)
-    steps.start_epoch(1, 3)
+    first = run.pipeline.steps_per_epoch + 3  # epoch 1, its step 3
+    assert next(steps.calls(first, first + 4, lambda s: False)) == (first, 4)
     fused, metrics = steps.run(fresh(), 4)
     np.testing.assert_allclose(metrics["loss"], losses, rtol=1e-5)
     chex.assert_trees_all_close(fused.params, state.params, rtol=1e-4, atol=1e-6)

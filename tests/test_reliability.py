@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import matplotlib.axes
 import numpy as np
+import optax
 import pytest
 from flax import struct
 
@@ -29,7 +30,8 @@ from resnet_jax import optim, preemption
 from resnet_jax.checkpoints import CheckpointError, CheckpointMismatchError, Checkpoints
 from resnet_jax.evaluate import evaluate_run
 from resnet_jax.metrics import MetricWriter, plot_curves, read_metrics
-from resnet_jax.train import init_state, setup, train_and_evaluate
+from resnet_jax.loop import setup, train_and_evaluate
+from resnet_jax.steps import init_state
 from resnet_jax.workdir import WorkdirError, check_workdir, save_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,7 +79,7 @@ def wait_until(condition, process: subprocess.Popen, timeout: float = 300) -> No
 
 def final_state(config, workdir, which="latest"):
     run = setup(config)
-    template = init_state(run.model, run.tx, run.plateau_tx, run.pipeline.image_shape, config.seed, run.mesh)
+    template = init_state(run.model, run.tx, run.pipeline.image_shape, config.seed, run.mesh)
     checkpoints = Checkpoints(workdir, best_metric=run.best_metric, read_only=True)
     state, _ = checkpoints.restore(template, which)
     checkpoints.close()
@@ -478,10 +480,14 @@ def plateau_scale(monitor: str, values: list[float]) -> float:
     config = optim.plateau_config()
     config.update(enabled=True, monitor=monitor, patience=1, factor=0.5, min_delta=1e-4)
     plateau = optim.make_plateau(config, base_lr=0.1)
-    state = plateau.init({"w": jnp.zeros(1)})
+    tx = optim.with_plateau(optax.sgd(0.1), plateau)
+    params = {"w": jnp.ones(1)}
+    opt_state = tx.init(params)
     for value in values:
-        state = optim.step_plateau(plateau, state, monitor, value)
-    return float(state.scale)
+        opt_state = optim.step_plateau(plateau, opt_state, monitor, value)
+    updates, _ = tx.update({"w": jnp.ones(1)}, opt_state, params)  # the chain element scales the step
+    np.testing.assert_allclose(updates["w"], -0.1 * optim.plateau_scale(opt_state), rtol=1e-6)
+    return optim.plateau_scale(opt_state)
 
 
 def test_plateau_counts_only_improvements_larger_than_min_delta():

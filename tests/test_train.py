@@ -20,7 +20,8 @@ from resnet_jax.checkpoints import CheckpointMismatchError, Checkpoints
 from resnet_jax.config import default_config
 from resnet_jax.losses import higher_is_better
 from resnet_jax.metrics import read_metrics
-from resnet_jax.train import create_train_state, init_state, setup, train_and_evaluate, train_step
+from resnet_jax.loop import setup, train_and_evaluate
+from resnet_jax.steps import create_train_state, init_state, train_step
 from resnet_jax.workdir import check_workdir, save_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,7 +64,7 @@ import json, jax, numpy as np, optax
 from functools import partial
 from jax.sharding import Mesh
 from resnet_jax import create_model
-from resnet_jax.train import compile_steps, create_train_state
+from resnet_jax.steps import compile_steps, create_train_state
 import jax.numpy as jnp
 
 assert jax.device_count() == 8, jax.devices()
@@ -233,7 +234,7 @@ def test_interrupted_mid_epoch_and_resumed_run_equals_an_uninterrupted_one(tmp_p
 
     assert full == resumed  # the last evaluation and the epoch's train means (carried over the mid-epoch checkpoint)
     run = setup(config)
-    template = init_state(run.model, run.tx, run.plateau_tx, run.pipeline.image_shape, config.seed, run.mesh)
+    template = init_state(run.model, run.tx, run.pipeline.image_shape, config.seed, run.mesh)
     final = {}
     for name in ("full", "resumed"):
         checkpoints = Checkpoints(tmp_path / name)

@@ -17,7 +17,8 @@ from resnet_jax.checkpoints import Checkpoints
 from resnet_jax.config import default_config
 from resnet_jax.data import DataError, load_dataset
 from resnet_jax.summary import count_params
-from resnet_jax.train import create_train_state, train_and_evaluate, train_step
+from resnet_jax.loop import train_and_evaluate
+from resnet_jax.steps import create_train_state, train_step
 from tests.test_train import tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,7 +13,7 @@ import pytest
 from jax import lax
 
 from resnet_jax import create_model, xla_cpu
-from resnet_jax.train import compile_steps, create_train_state, train_step
+from resnet_jax.steps import compile_steps, create_train_state, train_step
 
 BATCH = {
     "image": jax.random.normal(jax.random.key(1), (8, 16, 16, 3)),
