@@ -20,7 +20,7 @@ OMP_WAIT_POLICY=PASSIVE unless already set (see benchmarks/README.md).
 interleaved with the others, for the before/after ratios to PyTorch of one run.
 
 Importable: `measure_jax_train_step('resnet20', 128, steps=20)` returns JAX images/s; `benchmark_case(Case(...),
-...)` times one case in every framework variant, as the GPU campaign (scripts/gpu_campaign.py) does.
+...)` times one case in every framework variant, as the GPU campaign (benchmarks/campaign/gpu_campaign.py) does.
 """
 
 from __future__ import annotations

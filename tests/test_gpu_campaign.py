@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from scripts import gpu_campaign
+from benchmarks.campaign import gpu_campaign
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,12 +22,13 @@ def only(folder: Path, pattern: str) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny_campaign(tmp_path_factory, learnable_idx_dir):
-    """bash scripts/gpu_campaign.sh OUT --tiny, every part, on the tiny learnable IDX files: (OUT, pack, stdout)."""
+    """bash benchmarks/campaign/gpu_campaign.sh OUT --tiny, every part, on the tiny learnable IDX files:
+    (OUT, pack, stdout)."""
     out = tmp_path_factory.mktemp("campaign") / "out"
     pack = out.parent / "campaign.tar.gz"
     env = dict(os.environ, PYTHON=sys.executable, CAMPAIGN_SITE=str(out.parent / "site"))
-    done = subprocess.run(["bash", "scripts/gpu_campaign.sh", str(out), "--tiny", "--data", str(learnable_idx_dir),
-                           "--pack", str(pack)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=3000)
+    done = subprocess.run(["bash", "benchmarks/campaign/gpu_campaign.sh", str(out), "--tiny",
+                           "--data", str(learnable_idx_dir), "--pack", str(pack)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=3000)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     return out, pack, done.stdout
 
@@ -99,10 +100,10 @@ def test_tiny_ablation_reports_plain_and_residual(tiny_campaign):
     record = json.loads((dest / "campaign.json").read_text())
     assert record["status"] == "done" and record["exit_codes"] == [0]
     assert record["cells"] == {name: {"done": True, "seconds": pytest.approx(record["cells"][name]["seconds"])}
-                               for name in ("plain8-seed0", "residual8-seed0")}
+                               for name in ("plain8-seed0", "resnet8-seed0")}
     summary = json.loads((dest / "summary.json").read_text())
-    assert {c["name"] for c in summary["cells"]} == {"plain8-seed0", "residual8-seed0"}
-    assert (dest / "figure6.png").exists() and "| resnet8 | 8 |" in (dest / "report.md").read_text()
+    assert {c["name"] for c in summary["cells"]} == {"plain8-seed0", "resnet8-seed0"}
+    assert (dest / "figure6.png").exists() and "| resnet8 |" in (dest / "report.md").read_text()
 
 
 def test_the_pack_holds_the_results_but_not_the_runs(tiny_campaign):
@@ -139,7 +140,7 @@ def test_epochs_are_sized_to_the_budget():
 
 
 def test_resnet50_has_torchvisions_parameter_count():
-    import train_step  # benchmarks/, which scripts.gpu_campaign puts on sys.path
+    import train_step  # benchmarks/, which benchmarks.campaign.gpu_campaign puts on sys.path
 
     counts = train_step.check_param_counts(train_step.Case("resnet50", 2, 64, "bfloat16"))
     assert counts == {"jax": 25_557_032, "pytorch": 25_557_032, "expected": 25_557_032, "ok": True}

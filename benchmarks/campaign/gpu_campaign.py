@@ -1,7 +1,7 @@
 """The GPU campaign: five parts that prove resnet-jax on a lent GPU, each within a time budget it keeps itself.
 
-    bash scripts/gpu_campaign.sh OUT_DIR [--parts smoke,speed,pipeline,accuracy,ablation] [--tiny] [--data DIR]
-                                 [--budgets part=seconds,...] [--pack FILE.tar.gz]
+    bash benchmarks/campaign/gpu_campaign.sh OUT_DIR [--parts smoke,speed,pipeline,accuracy,ablation] [--tiny]
+                                             [--data DIR] [--budgets part=seconds,...] [--pack FILE.tar.gz]
 
   smoke     the model and training tests (bf16 included) under pytest on the accelerator
   speed     the train step, resnet-jax vs PyTorch (eager, channels_last, torch.compile; autocast for bf16) in one
@@ -42,8 +42,9 @@ from pathlib import Path
 
 import jax
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]  # experiments.* and scripts.* as from the root; benchmarks as scripts
+ROOT = Path(__file__).resolve().parents[2]
+# experiments.* and scripts.* as from the root; benchmarks/*.py as top-level modules
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
 from resnet_jax.provenance import device_slug, provenance  # noqa: E402
 
@@ -482,9 +483,9 @@ def accuracy_markdown(record: dict) -> str:
 
 ABLATION_WORKERS = 3  # runs at a time on the one GPU: compilation runs on the CPU cores in parallel
 REPORT_RESERVE_S = 20  # the workers are stopped this long before the deadline, for the report
-TINY_DEPTHS = [8]
-TINY_SETS = ["model.widths=(4, 8, 16)", "batch_size=32", "num_steps=20", "log_every_steps=5", "schedule.boundaries=(10, 15)",
-             "data.val_size=64"]  # plain8 and resnet8, tiny, on the test's tiny data
+TINY_MODELS = ["plain8", "resnet8"]
+TINY_SETS = ["model.widths=(4, 8, 16)", "batch_size=32", "num_steps=20", "log_every_steps=5",
+             "schedule.boundaries=(10, 15)", "data.val_size=64"]  # plain8 and resnet8, tiny, on the test's tiny data
 
 
 def ablation(out: Output, deadline: float, tiny: bool, data: Path) -> str:
@@ -495,15 +496,15 @@ def ablation(out: Output, deadline: float, tiny: bool, data: Path) -> str:
     if root.exists():
         raise FileExistsError(f"{root} exists: give the campaign a fresh OUT_DIR")
     workers = 1 if tiny else ABLATION_WORKERS
-    options = ["--depths", *map(str, TINY_DEPTHS), "--set", f"data.path={data}", *TINY_SETS] if tiny else \
-        ["--set", f"data.path={data}"]
+    tiny_axis = f"config={','.join(TINY_MODELS)}"
+    options = ["--axis", tiny_axis, "--set", f"data.path={data}", *TINY_SETS] if tiny else ["--set", f"data.path={data}"]
     cmds = [[sys.executable, "scripts/ablation.py", "run", "--config", "experiments/ablation_gpu.py", "--root", str(root),
              "--workers", str(workers), "--worker-index", str(i), *options] for i in range(workers)]
     record = header("ablation", tiny, deadline) | {"status": "running", "commands": [shlex.join(["python", *c[1:]]) for c in cmds],
                                                    "workers": workers, "report": "report.md"}
 
     experiment = load_experiment("ablation_gpu")
-    grid = ablation_script.grid(experiment.NETS, TINY_DEPTHS if tiny else experiment.DEPTHS, experiment.SEEDS)
+    grid = ablation_script.grid(ablation_script.grid_axes(experiment, [tiny_axis] if tiny else [], None))
 
     def cells() -> dict:
         """Each cell's state: done (with its wall time), started, or not started."""
@@ -571,13 +572,14 @@ def main(argv: list[str] | None = None) -> int:
     data = args.data or next((d for d in DATA if d.is_dir()), DATA[-1])
     if not all((data / f"{stem}-ubyte.gz").is_file() or (data / f"{stem}-ubyte").is_file() for stem in
                ("train-images-idx3", "train-labels-idx1", "t10k-images-idx3", "t10k-labels-idx1")):
-        parser.error(f"{data} does not hold the four Fashion-MNIST IDX files: build .carry/ (bash scripts/build_carry.sh) "
-                     "or pass --data DIR")
+        parser.error(f"{data} does not hold the four Fashion-MNIST IDX files: build .carry/ "
+                     "(bash benchmarks/campaign/build_carry.sh) or pass --data DIR")
     if args.tiny:  # before JAX starts its backend; the subprocesses inherit it
         os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {TINY_XLA_FLAGS}".strip()
     out = Output(args.out.absolute(), args.pack.absolute() if args.pack else None)
     out.root.mkdir(parents=True, exist_ok=True)
-    index = {"campaign": shlex.join(["scripts/gpu_campaign.py", *(argv if argv is not None else sys.argv[1:])]),
+    command = ["benchmarks/campaign/gpu_campaign.py", *(argv if argv is not None else sys.argv[1:])]
+    index = {"campaign": shlex.join(command),
              "preset": preset(args.tiny), "data": str(data), "xla_flags": os.environ.get("XLA_FLAGS"), **provenance(),
              "parts": {}}
     print(f"campaign ({index['preset']}) on {index['device']}, commit {index['commit']}: {', '.join(parts)} "

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# The GPU campaign (scripts/gpu_campaign.py; benchmarks/README.md gives the exact device commands):
-#   bash scripts/gpu_campaign.sh OUT_DIR [--parts smoke,speed,pipeline,accuracy,ablation] [--tiny] [--data DIR]
-#                                [--budgets part=seconds,...] [--pack FILE.tar.gz]
-# Installs the wheels carried in .carry/wheels (scripts/build_carry.sh: what the GPU image lacks) into a scratch
-# folder on PYTHONPATH, puts the repository first on it, takes the commit from .carry/COMMIT when there is no .git,
-# then runs the parts. Environment: PYTHON (default python3: the GPU image's), CAMPAIGN_SITE (the scratch folder).
+# The GPU campaign (benchmarks/campaign/gpu_campaign.py; benchmarks/README.md gives the exact device commands):
+#   bash benchmarks/campaign/gpu_campaign.sh OUT_DIR [--parts smoke,speed,pipeline,accuracy,ablation] [--tiny]
+#                                            [--data DIR] [--budgets part=seconds,...] [--pack FILE.tar.gz]
+# Installs the wheels carried in .carry/wheels (benchmarks/campaign/build_carry.sh: what the GPU image lacks) into a
+# scratch folder on PYTHONPATH, puts the repository first on it, takes the commit from .carry/COMMIT when there is no
+# .git, then runs the parts. Environment: PYTHON (default python3: the GPU image's), CAMPAIGN_SITE (the scratch folder).
 set -euo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 PY="${PYTHON:-python3}"
 SITE="${CAMPAIGN_SITE:-${TMPDIR:-/tmp}/resnet-jax-site}"
 
@@ -21,4 +21,4 @@ fi
 export XLA_PYTHON_CLIENT_PREALLOCATE=false  # JAX shares the GPU with PyTorch (speed) and with other workers (ablation)
 export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"  # torch on a shared CPU (benchmarks/README.md)
 export PYTHONUNBUFFERED=1
-exec "$PY" "$ROOT/scripts/gpu_campaign.py" "$@"
+exec "$PY" "$ROOT/benchmarks/campaign/gpu_campaign.py" "$@"

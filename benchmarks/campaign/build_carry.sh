@@ -6,7 +6,7 @@
 # then check that the working tree plus .carry stay under the device's 64 MiB. Re-run it before each GPU session
 # (downloads are kept; COMMIT and the size are renewed). Environment: PYTHON (any Python with pip; default .venv's).
 set -euo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 CARRY="$ROOT/.carry"
 PY="${PYTHON:-$ROOT/.venv/bin/python}"
 FASHION_MNIST="${FASHION_MNIST:-/usr/share/datasets/fashion-mnist}"
