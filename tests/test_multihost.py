@@ -179,13 +179,13 @@ def final_state(workdir, template):
 
 def max_param_diff(a, b) -> float:
     return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in
-               zip(jax.tree.leaves((a.params, a.batch_stats)), jax.tree.leaves((b.params, b.batch_stats))))
+               zip(jax.tree.leaves((a.params, a.batch_stats)), jax.tree.leaves((b.params, b.batch_stats)), strict=True))
 
 
 def assert_same_metrics(events, reference, name):
     """The same events at the same steps with the same values (within TOLERANCE), timing aside."""
     assert [e.get("step") for e in events] == [e.get("step") for e in reference], name
-    for e, r in zip(events, reference):
+    for e, r in zip(events, reference, strict=True):
         keys = set(e) - {"images_per_sec"}
         assert keys == set(r) - {"images_per_sec"}, (name, e.get("step"))
         for k in keys:
