@@ -11,7 +11,8 @@ PY="${PYTHON:-python3}"
 SITE="${CAMPAIGN_SITE:-${TMPDIR:-/tmp}/resnet-jax-site}"
 
 if compgen -G "$ROOT/.carry/wheels/*.whl" >/dev/null; then
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "$ROOT"/.carry/wheels/*.whl
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
+    "$ROOT"/.carry/wheels/*.whl
   export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
 fi
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
