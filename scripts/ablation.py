@@ -44,7 +44,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
 from resnet_jax.checkpoints import Checkpoints  # noqa: E402
-from resnet_jax.config import check_override_keys  # noqa: E402
+from resnet_jax.config import ConfigError, check_override_keys  # noqa: E402
 from resnet_jax.diagnostics import layer_groups  # noqa: E402
 from resnet_jax.metrics import METRICS_FILE, read_metrics, series  # noqa: E402
 from resnet_jax.provenance import provenance  # noqa: E402
@@ -608,7 +608,10 @@ def main() -> None:
     if set(axes) & set(overrides):
         parser.error(f"--set {', '.join(sorted(set(axes) & set(overrides)))}: that key is an axis of the grid")
     cells = grid(axes)
-    cell_config(experiment.get_config, cells[0], overrides)  # an unknown key fails here, before anything trains
+    try:  # an unknown key fails here, before anything trains
+        cell_config(experiment.get_config, cells[0], overrides)
+    except ConfigError as error:
+        parser.error(str(error))
     mine = partition(cells, args.workers, args.worker_index)
     print(f"[ablation] worker {args.worker_index} of {args.workers}: {len(mine)} of {len(cells)} cells under "
           f"{args.root}; axes: {', '.join(axes)}", flush=True)
