@@ -35,10 +35,12 @@ TOLERANCE = 1e-4
 # What the survivor prints when process 1 dies, on either path it can take: (a) outside a cross-process collective, the
 # coordination service declares task 1 lost after the heartbeat timeout and terminates the process ("Task 1 heartbeat
 # timeout", "unhealthy (stopped sending heartbeats):\n1"); (b) inside one, gloo sees the dead peer's socket close and
-# the process raises (exit 1) or aborts (SIGABRT, exit -6) with gloo's error naming the peer's address.
+# the process raises (exit 1) or aborts (SIGABRT, exit -6) with gloo's error naming the peer's address, or XLA's
+# "Gloo <collective> failed" wrapping it.
 LOST_BY_COORDINATOR = (re.compile(r"Terminating process because the JAX distributed service detected fatal errors"),
                        re.compile(r"Task 1 heartbeat timeout|stopped sending heartbeats\):\s+1\b"))
-LOST_BY_GLOO = (re.compile(r"gloo\S*\]\s+(Connection closed by peer|Read error|Write error)\s+\[[^\]]+\]:\d+"),)
+LOST_BY_GLOO = (re.compile(r"gloo\S*\]\s+(Connection closed by peer|Read error|Write error)\s+\[[^\]]+\]:\d+"
+                           r"|Gloo [\w -]+ failed"),)
 
 
 def reports_the_loss(stderr: str) -> bool:
