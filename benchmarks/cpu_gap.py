@@ -18,7 +18,6 @@ machine the CPU time is far less sensitive to other load. Results go to benchmar
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import statistics
@@ -37,7 +36,7 @@ from jax import lax
 
 import train_step as bench
 from resnet_jax import create_model, xla_cpu
-from resnet_jax.provenance import device_slug
+from resnet_jax.provenance import device_slug, write_record
 from resnet_jax.steps import create_train_state
 
 # resnet20's convs at batch 128: (height = width, in channels, out channels, stride) and how many of each.
@@ -209,10 +208,7 @@ def main() -> None:
     torch.set_num_threads(os.cpu_count())
     record = {**bench.environment(), "benchmark": f"cpu_gap {args.mode}",
               "xla_cpu_compiler_options": xla_cpu.compiler_options("cpu"), **{"layers": layers, "step": step, "hlo": hlo}[args.mode](args)}
-    bench.RESULTS.mkdir(parents=True, exist_ok=True)
-    path = bench.RESULTS / f"cpu_gap-{args.mode}-{record['date'][:10]}-{device_slug()}.json"
-    path.write_text(json.dumps(record, indent=1) + "\n")
-    print(f"wrote {path}")
+    write_record(record, bench.RESULTS, f"cpu_gap-{args.mode}", device_slug())
 
 
 if __name__ == "__main__":

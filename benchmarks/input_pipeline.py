@@ -13,7 +13,6 @@ within 5% of 1. Prints the figures and writes benchmarks/results/input_pipeline-
 
 import argparse
 import itertools
-import json
 import math
 import os
 import statistics
@@ -29,8 +28,8 @@ from jax.sharding import PartitionSpec as P
 
 from resnet_jax.config import default_config as run_config
 from resnet_jax.data import Dataset, Pipeline, default_config, make_pipeline
-from resnet_jax.provenance import provenance
 from resnet_jax.loop import setup
+from resnet_jax.provenance import provenance, write_record
 from resnet_jax.steps import compile_steps, init_state
 from train_step import measure_jax_train_step
 
@@ -166,10 +165,7 @@ def main() -> None:
               "load_average_1m": {"before": load_before, "after": os.getloadavg()[0]},
               "batch_size": args.batch_size, "steps": args.steps, "repeats": args.repeats,
               "timing": "each batch waited for (block_until_ready) after a warm-up batch", "results": results}
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"input_pipeline-{record['date'][:10]}.json"
-    out.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_record(record, RESULTS, "input_pipeline")
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from PIL import Image, ImageDraw
 
 from input_pipeline import measure_pipeline
 from resnet_jax.data import default_config, imagenet, make_pipeline
-from resnet_jax.provenance import provenance
+from resnet_jax.provenance import provenance, write_record
 
 RESULTS = Path(__file__).parent / "results"
 FOLDER = Path(os.environ.get("TMPDIR", "/tmp")) / "resnet_jax_jpegs"
@@ -176,10 +176,7 @@ def main() -> None:
               "results": results, "decode_images_per_sec_per_core": per_core,
               "gpu_images_per_sec": gpus, "gpu_rates_are": "published anchors unless 'measured'",
               "cores_needed": cores}
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"jpeg_pipeline-{record['date'][:10]}{'-provisional' if not quiet else ''}.json"
-    out.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_record(record, RESULTS, "jpeg_pipeline", *([] if quiet else ["provisional"]))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ inside a loop many times slower than alone, so on a CPU the ratio is well below 
 """
 
 import argparse
-import json
 import math
 import os
 import statistics
@@ -26,7 +25,7 @@ import numpy as np
 from resnet_jax import create_model, multistep, optim
 from resnet_jax.config import default_config
 from resnet_jax.data import Dataset, make_pipeline
-from resnet_jax.provenance import device_slug, provenance
+from resnet_jax.provenance import device_slug, provenance, write_record
 from resnet_jax.steps import compile_steps, init_state
 
 RESULTS = Path(__file__).parent / "results"
@@ -103,10 +102,7 @@ def main() -> None:
             f"{way} {rate:,.0f} images/s ({result['over_k1'][way]:.3f}x K=1)"
             for way, rate in result["images_per_sec_median"].items()))
     record["load_average_1m_after"] = round(os.getloadavg()[0], 2)
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"steps_per_call-{record['date'][:10]}-{device_slug()}.json"
-    out.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_record(record, RESULTS, "steps_per_call", device_slug())
 
 
 if __name__ == "__main__":

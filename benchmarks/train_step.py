@@ -20,14 +20,13 @@ OMP_WAIT_POLICY=PASSIVE unless already set (see benchmarks/README.md).
 interleaved with the others, for the before/after ratios to PyTorch of one run.
 
 Importable: `measure_jax_train_step('resnet20', 128, steps=20)` returns JAX images/s; `benchmark_case(Case(...),
-...)` times one case in every framework variant, as the GPU campaign (scripts/gpu_campaign.py) does.
+...)` times one case in every framework variant, as the GPU campaign (benchmarks/campaign/gpu_campaign.py) does.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import math
 import os
 import signal
@@ -50,7 +49,7 @@ from jax import lax
 
 from resnet_jax import create_model, optim, xla_cpu
 from resnet_jax.models import model_spec
-from resnet_jax.provenance import device_slug, provenance
+from resnet_jax.provenance import device_slug, provenance, write_record
 from resnet_jax.summary import count_params
 from resnet_jax.config import DTYPES
 from resnet_jax.steps import create_train_state, train_step
@@ -623,11 +622,8 @@ def main() -> None:
     record = benchmark_case(case, args.device, variants, repeats=args.repeats, steps_per_repeat=args.steps_per_repeat,
                             compile_timeout_s=args.compile_timeout, skipped=skipped, xla_cpu_before=args.xla_cpu_before)
     record = {**env, "benchmark": "train_step", "step": STEP, "equivalence": equivalence, **record}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    dtype = "" if case.dtype == "float32" else f"-{case.dtype}"
-    path = RESULTS / f"train_step-{env['date'][:10]}-{device_slug()}-{args.model}-b{args.batch_size}{dtype}.json"
-    path.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"\nwrote {path}")
+    dtype = [] if case.dtype == "float32" else [case.dtype]
+    write_record(record, RESULTS, "train_step", device_slug(), args.model, f"b{args.batch_size}", *dtype)
 
 
 if __name__ == "__main__":

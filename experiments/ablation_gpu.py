@@ -1,6 +1,6 @@
 """Plain vs residual depth ablation at paper width, sized for a few minutes of one lent GPU (the campaign's part 5).
 
-    bash scripts/gpu_campaign.sh OUT --parts ablation   # 3 workers on one GPU, then the report, within the budget
+    bash benchmarks/campaign/gpu_campaign.sh OUT --parts ablation   # 3 workers on one GPU, then the report, in budget
     python scripts/ablation.py run --config experiments/ablation_gpu.py --root runs/ablation_gpu
     python scripts/ablation.py report --root runs/ablation_gpu --out experiments/results/ablation_gpu --copy-metrics
 
@@ -12,11 +12,15 @@ pad-4 crop + flip, lr / 10 at 1/2 and 3/4 of the run, ResNet-110's warm-up at 0.
 compilation per run.
 """
 
+from experiments.cifar10_paper import depth_grid
 from experiments.cifar10_paper import get_config as paper_config
 
-NETS = ("plain", "residual")
 DEPTHS = (20, 56, 110)
-SEEDS = (0,)
+
+
+def get_grid() -> dict[str, list]:
+    """The ablation's axes (scripts/ablation.py): plain and residual nets at each depth, and seeds."""
+    return depth_grid(DEPTHS, seeds=[0])
 
 
 def get_config(model: str = "resnet20"):

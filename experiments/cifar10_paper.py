@@ -35,3 +35,8 @@ def get_config(model: str = "resnet20"):
         c.schedule.warmup_lr = 0.01
     c.log_every_steps = 100
     return c
+
+
+def depth_grid(depths: tuple[int, ...], seeds: list[int]) -> dict[str, list]:
+    """Axes for scripts/ablation.py: get_config's model, plain and residual at each depth (plain first), and seeds."""
+    return {"config": [f"{net}{depth}" for depth in depths for net in ("plain", "resnet")], "seed": seeds}

@@ -1,7 +1,7 @@
 """Fashion-MNIST past the Zalando benchmark's ResNet-18 (94.9% test accuracy) in about two minutes of one H100/H200.
 
     python -m resnet_jax.train --config experiments/fashion_mnist_gpu.py --workdir runs/fashion_mnist_gpu
-    bash scripts/gpu_campaign.sh OUT --parts accuracy   # the same run, num_epochs sized to the part's time budget
+    bash benchmarks/campaign/gpu_campaign.sh OUT --parts accuracy   # the same run, num_epochs sized to the budget
 
 Chosen by reasoning and CPU-scale checks, not tuned on a GPU (see benchmarks/README.md, "The GPU campaign"):
 - Model: a wide ResNet-14: two pre-activation basic blocks (v2) per stage at widths 64/128/256, projection

@@ -4,6 +4,7 @@ import datetime
 import functools
 import importlib
 import importlib.metadata
+import json
 import os
 import platform
 import re
@@ -75,3 +76,13 @@ def device_slug() -> str:
     if device.platform == "cpu":
         return (slug(cpu_model()) or "cpu") + f"-{os.cpu_count()}cpu"
     return slug(device.device_kind) + (f"-x{jax.device_count()}" if jax.device_count() > 1 else "")
+
+
+def write_record(record: dict[str, Any], folder: Path, name: str, *details: str) -> Path:
+    """Write a result record to <folder>/<name>-<day of record['date']>[-<detail>...].json, the one naming of the
+    benchmarks' results, and print where."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / ("-".join([name, record["date"][:10], *details]) + ".json")
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"wrote {path}")
+    return path

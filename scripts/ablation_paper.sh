@@ -3,7 +3,7 @@
 # every GPU of this machine: sets up .venv with the gpu extra, runs one worker per GPU (CUDA_VISIBLE_DEVICES=i), then
 # writes the report (device, date, commit, wall time) to experiments/results/ablation_paper. Safe to run again:
 # finished runs are skipped, interrupted ones resume. Extra arguments go to every worker, e.g.
-#   bash scripts/ablation_paper.sh --depths 20 56 --seeds 0
+#   bash scripts/ablation_paper.sh --axis config=plain20,resnet20,plain56,resnet56 --seeds 0
 #   bash scripts/ablation_paper.sh --set data.source=cifar data.path=/data/cifar-10-batches-py   # offline
 # Environment: GPUS (default: all that nvidia-smi lists), RUNS (default runs/ablation_paper; workers log there).
 set -euo pipefail

@@ -417,6 +417,18 @@ def test_cosmetic_config_changes_do_not_block_a_resume_and_semantic_ones_are_nam
         check_workdir(workdir, semantic, overwrite=False)
 
 
+@pytest.mark.parametrize("changes", [{"model.name": "resnet20"}, {"model.widths": (8, 16, 32)},
+                                     {"model.name": "plain8", "model.widths": (4, 8, 8)}])
+def test_a_resume_with_another_model_is_refused_naming_the_keys(tmp_path, learnable_idx_dir, changes):
+    """The model is what is trained: another depth or width in the same workdir is another run, never cosmetic."""
+    workdir = tmp_path / "run"
+    save_config(workdir, quick_config(learnable_idx_dir))
+    saved = (workdir / "config.json").read_text()
+    with pytest.raises(WorkdirError, match=rf"\(differs in: {', '.join(sorted(changes))}\)"):
+        check_workdir(workdir, quick_config(learnable_idx_dir, changes), overwrite=False)
+    assert (workdir / "config.json").read_text() == saved  # refused before anything was written
+
+
 def test_a_key_the_saved_config_lacks_counts_as_its_default(tmp_path, learnable_idx_dir):
     """A run saved before a key existed (e.g. data.num_classes) resumes unless the key is set to another value."""
     workdir = tmp_path / "run"

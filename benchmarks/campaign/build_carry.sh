@@ -6,7 +6,7 @@
 # then check that the working tree plus .carry stay under the device's 64 MiB. Re-run it before each GPU session
 # (downloads are kept; COMMIT and the size are renewed). Environment: PYTHON (any Python with pip; default .venv's).
 set -euo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 CARRY="$ROOT/.carry"
 PY="${PYTHON:-$ROOT/.venv/bin/python}"
 FASHION_MNIST="${FASHION_MNIST:-/usr/share/datasets/fashion-mnist}"
@@ -33,10 +33,12 @@ if [ -n "$(git status --porcelain -uno)" ]; then commit="$commit+dirty"; fi
 echo "$commit" >"$CARRY/COMMIT"
 
 # What travels: tracked files and untracked ones git does not ignore (the device README), plus .carry.
-tree=$(git ls-files -z --cached --others --exclude-standard | xargs -0 stat -c %s 2>/dev/null | awk '{s += $1} END {print s + 0}')
+tree=$(git ls-files -z --cached --others --exclude-standard | xargs -0 stat -c %s 2>/dev/null \
+  | awk '{s += $1} END {print s + 0}')
 carry=$(find "$CARRY" -type f -printf '%s\n' | awk '{s += $1} END {print s + 0}')
 mib() { awk -v b="$1" 'BEGIN {printf "%.1f MiB", b / 1048576}'; }
-echo "carry folder: $(mib "$carry") ($(ls "$CARRY/wheels" | tr '\n' ' ')+ Fashion-MNIST); working tree: $(mib "$tree");" \
+echo "carry folder: $(mib "$carry") ($(ls "$CARRY/wheels" | tr '\n' ' ')+ Fashion-MNIST);" \
+  "working tree: $(mib "$tree");" \
   "together $(mib $((tree + carry))) of the device's 64 MiB; commit $commit"
 if [ $((tree + carry)) -ge $LIMIT ]; then
   echo "over the device's 64 MiB limit: carry less, or ignore large untracked files" >&2

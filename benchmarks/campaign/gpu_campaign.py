@@ -1,7 +1,7 @@
 """The GPU campaign: five parts that prove resnet-jax on a lent GPU, each within a time budget it keeps itself.
 
-    bash scripts/gpu_campaign.sh OUT_DIR [--parts smoke,speed,pipeline,accuracy,ablation] [--tiny] [--data DIR]
-                                 [--budgets part=seconds,...] [--pack FILE.tar.gz]
+    bash benchmarks/campaign/gpu_campaign.sh OUT_DIR [--parts smoke,speed,pipeline,accuracy,ablation] [--tiny]
+                                             [--data DIR] [--budgets part=seconds,...] [--pack FILE.tar.gz]
 
   smoke     the model and training tests (bf16 included) under pytest on the accelerator
   speed     the train step, resnet-jax vs PyTorch (eager, channels_last, torch.compile; autocast for bf16) in one
@@ -42,8 +42,9 @@ from pathlib import Path
 
 import jax
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]  # experiments.* and scripts.* as from the root; benchmarks as scripts
+ROOT = Path(__file__).resolve().parents[2]
+# experiments.* and scripts.* as from the root; benchmarks/*.py as top-level modules
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
 from resnet_jax.provenance import device_slug, provenance  # noqa: E402
 
@@ -54,6 +55,12 @@ BUDGETS = {  # seconds per part: two device commands of about 5.5 minutes (bench
 TINY_XLA_FLAGS = "--xla_backend_optimization_level=0"  # CPU compiles 3x faster: tiny runs check code, not speed
 DATA = [ROOT / ".carry" / "fashion-mnist", Path("/usr/share/datasets/fashion-mnist")]  # the first that exists
 STOP_GRACE_S = 10  # a subprocess stopped at the deadline gets this long after SIGTERM before SIGKILL
+SPENT = "not run: the part's time budget was spent"
+
+
+def flops(x: float | None) -> str:
+    """A FLOP rate for a table: TFLOP/s or GFLOP/s."""
+    return "unknown" if x is None else f"{x / 1e12:.1f} TFLOP/s" if x >= 1e12 else f"{x / 1e9:.1f} GFLOP/s"
 
 
 def preset(tiny: bool) -> str:
@@ -104,7 +111,8 @@ def header(part: str, tiny: bool, deadline: float) -> dict:
 
 def table(head: list[str], rows: list[list]) -> list[str]:
     """A markdown table."""
-    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(map(str, r)) + " |" for r in rows]
+    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + [
+        "| " + " | ".join(map(str, r)) + " |" for r in rows]
 
 
 def provenance_lines(record: dict) -> list[str]:
@@ -123,7 +131,7 @@ def run_until(commands: list[list[str]], logs: list[Path], deadline: float, on_p
     Returns the exit codes, None for a command stopped at the deadline."""
     with contextlib.ExitStack() as files:
         procs = [subprocess.Popen(cmd, cwd=ROOT, stdout=files.enter_context(log.open("w")), stderr=subprocess.STDOUT)
-                 for cmd, log in zip(commands, logs)]
+                 for cmd, log in zip(commands, logs, strict=True)]
         while any(p.poll() is None for p in procs) and time.perf_counter() < deadline:
             time.sleep(poll_s)
             on_poll()
@@ -147,9 +155,11 @@ def load_experiment(name: str):
 
 # ---- 1. smoke -------------------------------------------------------------------------------------------------
 
-SMOKE_TESTS = {  # pytest arguments; on the GPU the model and training tests but the CPU-only 8-device one and the CLI
-    "gpu": ["tests/test_models.py", "tests/test_train.py", "-k", "not 8_devices and not cli"],  # (the accuracy part
-    "tiny": ["tests/test_models.py", "-k", "parameter_counts_match_papers and resnet20"],                       # runs the CLI)
+# pytest arguments; on the GPU the model and training tests but the CPU-only 8-device one and the CLI (the accuracy
+# part runs the CLI)
+SMOKE_TESTS = {
+    "gpu": ["tests/test_models.py", "tests/test_train.py", "-k", "not 8_devices and not cli"],
+    "tiny": ["tests/test_models.py", "-k", "parameter_counts_match_papers and resnet20"],
 }
 TEST_LINE = re.compile(r"^(tests/\S+::\S+) (PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)\b")
 FAILURE_LINE = re.compile(r"^(FAILED|ERROR) tests/")
@@ -196,9 +206,9 @@ def speed_cases(tiny: bool) -> list[tuple]:
 
     if tiny:  # bfloat16: JAX's bf16 step and torch.autocast are the paths the GPU cases take
         return [(Case("resnet8", 8, 16, "bfloat16"), True)]
-    return [(Case("resnet20", 128), True), (Case("resnet50", 256, 224, "bfloat16"), True), (Case("resnet20", 1024), False),
-            (Case("resnet56", 128), True), (Case("resnet56", 1024), False), (Case("resnet20", 1024, dtype="bfloat16"), False),
-            (Case("resnet56", 1024, dtype="bfloat16"), False)]
+    return [(Case("resnet20", 128), True), (Case("resnet50", 256, 224, "bfloat16"), True),
+            (Case("resnet20", 1024), False), (Case("resnet56", 128), True), (Case("resnet56", 1024), False),
+            (Case("resnet20", 1024, dtype="bfloat16"), False), (Case("resnet56", 1024, dtype="bfloat16"), False)]
 
 
 def speed(out: Output, deadline: float, tiny: bool, data: Path) -> str:
@@ -217,7 +227,8 @@ def speed(out: Output, deadline: float, tiny: bool, data: Path) -> str:
     torch.set_num_threads(os.cpu_count())
     eager = [bench.TorchVariant(), bench.TorchVariant(channels_last=True)]
     compiled = bench.TorchVariant(compile=True, channels_last=True)
-    not_on_cpu = "not run on CPU: Inductor's cold compile takes 40-110 s per model there (benchmarks/train_step.py times it)"
+    not_on_cpu = ("not run on CPU: Inductor's cold compile takes 40-110 s per model there "
+                  "(benchmarks/train_step.py times it)")
     kind = jax.devices()[0].device_kind
     size = 8192 if on_gpu else 256
     measured = {dtype: bench.matmul_flops(dtype, size) for dtype in ("bfloat16", "float32")}
@@ -233,15 +244,16 @@ def speed(out: Output, deadline: float, tiny: bool, data: Path) -> str:
         variants = eager + [compiled] * (on_gpu and with_compile)
         skipped = {} if on_gpu and with_compile else {compiled.name: COMPILE_LEFT_OUT if on_gpu else not_on_cpu}
         if time.perf_counter() > deadline:
-            record["cases"].append({"case": dataclasses.asdict(case), "error": "not run: the part's time budget was spent"})
+            record["cases"].append({"case": dataclasses.asdict(case), "error": SPENT})
             continue
         peaks = {"measured matmul": measured[case.dtype]}
         if bench.datasheet_peak(kind, case.dtype):
             peaks["datasheet"] = bench.datasheet_peak(kind, case.dtype)
         try:
-            result = bench.benchmark_case(case, device, variants, repeats=2 if tiny else 5, repeat_s=0.02 if tiny else 0.3,
-                                          deadline=deadline, min_compile_s=MIN_COMPILE_S, peaks=peaks, skipped=skipped)
-        except Exception as e:  # noqa: BLE001 - one case failing (out of memory, say) is a finding; the others still run
+            result = bench.benchmark_case(case, device, variants, repeats=2 if tiny else 5,
+                                          repeat_s=0.02 if tiny else 0.3, deadline=deadline,
+                                          min_compile_s=MIN_COMPILE_S, peaks=peaks, skipped=skipped)
+        except Exception as e:  # noqa: BLE001 - one case failing (out of memory, say) is a finding; the others run
             traceback.print_exc()
             result = {"case": dataclasses.asdict(case), "error": bench.failure(e)}
         record["cases"].append(result)
@@ -273,7 +285,7 @@ def steps_per_call_sweep(out: Output, deadline: float, tiny: bool) -> str:
     dataset = cifar_shaped(512 if tiny else 50_000)
     for model, batch in steps_per_call_cases(tiny):
         if time.perf_counter() > deadline:
-            record["cases"].append({"model": model, "batch_size": batch, "error": "not run: the part's time budget was spent"})
+            record["cases"].append({"model": model, "batch_size": batch, "error": SPENT})
             continue
         record["cases"].append(measure(model, batch, STEPS_PER_CALL, repeats=2 if tiny else 5,
                                        repeat_s=0.02 if tiny else 0.3, dataset=dataset, deadline=deadline))
@@ -300,7 +312,6 @@ def steps_per_call_markdown(record: dict) -> str:
 
 def speed_markdown(record: dict) -> str:
     peaks = record["peak_flops"]
-    flops = lambda x: "unknown" if x is None else f"{x / 1e12:.1f} TFLOP/s" if x >= 1e12 else f"{x / 1e9:.1f} GFLOP/s"  # noqa: E731
     md = ["# Train step: resnet-jax vs PyTorch", "", *provenance_lines(record), f"Step: {record['step']}.", "",
           "Peak FLOP/s: datasheet (dense) " + ", ".join(f"{d} {flops(v)}" for d, v in peaks["datasheet"].items())
           + f"; measured ({peaks['measured_matmul_size']}^3 matmul in JAX) "
@@ -319,10 +330,12 @@ def speed_markdown(record: dict) -> str:
             rows.append([name, framework, f"{r['images_per_sec_median']:,.0f}", f"{r['step_ms_median']:.2f}",
                          f"{r['first_step_s']:.1f}", "-" if r["compile_s"] is None else f"{r['compile_s']:.1f}", memory,
                          mfu, "" if ratio is None else f"{ratio:.2f}x"])
-        rows += [[name, variant, f"skipped: {reason}", "", "", "", "", "", ""] for variant, reason in c["skipped"].items()]
-    md += table(["case", "framework", "images/s", "step ms", "first step s", "compile s", "peak MiB", "MFU", "jax / this"],
-                rows)
-    md += ["", "Memory: JAX, XLA's buffer assignment of the step (arguments + unaliased outputs + temporaries); PyTorch, "
+        rows += [[name, variant, f"skipped: {reason}", "", "", "", "", "", ""]
+                 for variant, reason in c["skipped"].items()]
+    md += table(["case", "framework", "images/s", "step ms", "first step s", "compile s", "peak MiB", "MFU",
+                 "jax / this"], rows)
+    md += ["", "Memory: JAX, XLA's buffer assignment of the step (arguments + unaliased outputs + temporaries); "
+           "PyTorch, "
            "the CUDA caching allocator's peak over the first steps above what was allocated before."]
     return "\n".join(md) + "\n"
 
@@ -371,8 +384,10 @@ def pipeline_markdown(record: dict) -> str:
     rows = [[name, "", c["error"], "", "", ""] if "error" in c else
             [name, f"{c['model']} {c['widths'] or ''} {c['dtype']} b{c['batch_size']}",
              f"{c['images_per_sec_median']['pipeline']:,.0f}", f"{c['images_per_sec_median']['resident']:,.0f}",
-             f"{c['fed_over_resident']:.3f}", "yes" if c["meets_target"] else "no"] for name, c in record["cases"].items()]
-    return "\n".join(md + table(["case", "run", "fed images/s", "resident images/s", "fed / resident", "within 5%"], rows)) + "\n"
+             f"{c['fed_over_resident']:.3f}", "yes" if c["meets_target"] else "no"]
+            for name, c in record["cases"].items()]
+    head = ["case", "run", "fed images/s", "resident images/s", "fed / resident", "within 5%"]
+    return "\n".join(md + table(head, rows)) + "\n"
 
 
 # ---- 4. accuracy ----------------------------------------------------------------------------------------------
@@ -412,16 +427,18 @@ def accuracy(out: Output, deadline: float, tiny: bool, data: Path) -> str:
     probe = json.loads(measured.read_text())["cases"].get(RECIPE_CASE, {}) if measured.exists() else {}
     probe_source = f"{measured.relative_to(out.root)}: {RECIPE_CASE}"
     if "images_per_sec_median" not in probe:  # the pipeline part did not measure it here: measure it now
-        probe, probe_source = fed_vs_resident(config, repeats=1, repeat_s=0.05 if tiny else 1.0), "measured by this part"
+        probe = fed_vs_resident(config, repeats=1, repeat_s=0.05 if tiny else 1.0)
+        probe_source = "measured by this part"
     epochs = plan_epochs(config, probe, deadline - time.perf_counter())
-    cmd = [sys.executable, "-m", "resnet_jax.train", "--config", f"{experiment}:{preset(tiny)}", "--workdir", str(workdir),
-           f"--config.num_epochs={epochs}", f"--config.data.path={data}"]
+    cmd = [sys.executable, "-m", "resnet_jax.train", "--config", f"{experiment}:{preset(tiny)}",
+           "--workdir", str(workdir), f"--config.num_epochs={epochs}", f"--config.data.path={data}"]
     model = build_model(config.model, probe["num_classes"])
     shape = (1, *probe["image_shape"])
     params = count_params(jax.eval_shape(model.init, jax.random.key(0), jax.numpy.zeros(shape))["params"])
     record = header("accuracy", tiny, deadline) | {
         "status": "running", "command": shlex.join(["python", *cmd[1:]]), "recipe": "experiments/fashion_mnist_gpu.py",
-        "model": f"{config.model.name} widths {tuple(config.model.widths)} {config.model.version} {config.model.shortcut}",
+        "model": f"{config.model.name} widths {tuple(config.model.widths)} {config.model.version} "
+                 f"{config.model.shortcut}",
         "params": params, "recipe_epochs": config.num_epochs, "planned_epochs": epochs,
         "probe": {"source": probe_source, "fed_images_per_sec": probe["images_per_sec_median"]["pipeline"],
                   "setup_s": probe["setup_s"], "first_step_s": probe["first_step_s"]},
@@ -454,27 +471,28 @@ def accuracy(out: Output, deadline: float, tiny: bool, data: Path) -> str:
     update({None: "stopped at the budget", 0: "done"}.get(code, f"failed: exit code {code} (logs/accuracy-train.log)"))
     if record["final_test_accuracy"] is None:
         return f"{record['status']}, no epoch finished"
-    return (f"{record['status']}: {record['epochs_done']}/{epochs} epochs, test accuracy {record['final_test_accuracy']:.4f} "
-            f"in {record['wall_s']:.0f} s")
+    return (f"{record['status']}: {record['epochs_done']}/{epochs} epochs, test accuracy "
+            f"{record['final_test_accuracy']:.4f} in {record['wall_s']:.0f} s")
 
 
 def accuracy_markdown(record: dict) -> str:
     final = record["final_test_accuracy"]
     md = [f"# Fashion-MNIST accuracy: {record['recipe']}", "", f"`{record['command']}`", "", *provenance_lines(record),
-          f"Model {record['model']}, {record['params']:,} parameters; {record['epochs_done']} of {record['planned_epochs']} "
-          f"planned epochs (the recipe has {record['recipe_epochs']}; planned from a probe of "
-          f"{record['probe']['fed_images_per_sec']:,.0f} training images/s).", "",
+          f"Model {record['model']}, {record['params']:,} parameters; {record['epochs_done']} of "
+          f"{record['planned_epochs']} planned epochs (the recipe has {record['recipe_epochs']}; planned from a "
+          f"probe of {record['probe']['fed_images_per_sec']:,.0f} training images/s).", "",
           f"- Final test accuracy: **{'-' if final is None else f'{final:.4f}'}** (the Zalando benchmark's ResNet-18: "
           f"{record['benchmark_accuracy']}; {'beaten' if record['beats_benchmark'] else 'not beaten'})",
           f"- Wall time of the training command: {record['wall_s']:.0f} s (imports, data, compilation and evaluation "
           "included)",
           f"- First epoch at or above {record['target_accuracy']:.0%} test accuracy: "
           + (f"{record['time_to_target_s']:.0f} s after the command started" if record["time_to_target_s"] else "none"),
-          f"- Training images/s (median of the logged windows): "
+          "- Training images/s (median of the logged windows): "
           + (f"{record['train_images_per_sec_median']:,.0f}" if record["train_images_per_sec_median"] else "-"), ""]
     md += table(["epoch", "step", "wall s", "test accuracy", "test loss", "train accuracy (epoch)"],
-                [[f"{e['epoch']:.2f}", e["step"], f"{e['wall_s']:.1f}", f"{e['test_accuracy']:.4f}", f"{e['test_loss']:.4f}",
-                  "-" if e["train_accuracy"] is None else f"{e['train_accuracy']:.4f}"] for e in record["epochs"]])
+                [[f"{e['epoch']:.2f}", e["step"], f"{e['wall_s']:.1f}", f"{e['test_accuracy']:.4f}",
+                  f"{e['test_loss']:.4f}", "-" if e["train_accuracy"] is None else f"{e['train_accuracy']:.4f}"]
+                 for e in record["epochs"]])
     return "\n".join(md) + "\n"
 
 
@@ -482,9 +500,9 @@ def accuracy_markdown(record: dict) -> str:
 
 ABLATION_WORKERS = 3  # runs at a time on the one GPU: compilation runs on the CPU cores in parallel
 REPORT_RESERVE_S = 20  # the workers are stopped this long before the deadline, for the report
-TINY_DEPTHS = [8]
-TINY_SETS = ["model.widths=(4, 8, 16)", "batch_size=32", "num_steps=20", "log_every_steps=5", "schedule.boundaries=(10, 15)",
-             "data.val_size=64"]  # plain8 and resnet8, tiny, on the test's tiny data
+TINY_MODELS = ["plain8", "resnet8"]
+TINY_SETS = ["model.widths=(4, 8, 16)", "batch_size=32", "num_steps=20", "log_every_steps=5",
+             "schedule.boundaries=(10, 15)", "data.val_size=64"]  # plain8 and resnet8, tiny, on the test's tiny data
 
 
 def ablation(out: Output, deadline: float, tiny: bool, data: Path) -> str:
@@ -495,15 +513,17 @@ def ablation(out: Output, deadline: float, tiny: bool, data: Path) -> str:
     if root.exists():
         raise FileExistsError(f"{root} exists: give the campaign a fresh OUT_DIR")
     workers = 1 if tiny else ABLATION_WORKERS
-    options = ["--depths", *map(str, TINY_DEPTHS), "--set", f"data.path={data}", *TINY_SETS] if tiny else \
-        ["--set", f"data.path={data}"]
-    cmds = [[sys.executable, "scripts/ablation.py", "run", "--config", "experiments/ablation_gpu.py", "--root", str(root),
-             "--workers", str(workers), "--worker-index", str(i), *options] for i in range(workers)]
-    record = header("ablation", tiny, deadline) | {"status": "running", "commands": [shlex.join(["python", *c[1:]]) for c in cmds],
-                                                   "workers": workers, "report": "report.md"}
+    tiny_axis = f"config={','.join(TINY_MODELS)}"
+    options = (["--axis", tiny_axis] if tiny else []) + ["--set", f"data.path={data}", *(TINY_SETS if tiny else [])]
+    cmds = [[sys.executable, "scripts/ablation.py", "run", "--config", "experiments/ablation_gpu.py",
+             "--root", str(root), "--workers", str(workers), "--worker-index", str(i), *options]
+            for i in range(workers)]
+    record = header("ablation", tiny, deadline) | {
+        "status": "running", "commands": [shlex.join(["python", *c[1:]]) for c in cmds], "workers": workers,
+        "report": "report.md"}
 
     experiment = load_experiment("ablation_gpu")
-    grid = ablation_script.grid(experiment.NETS, TINY_DEPTHS if tiny else experiment.DEPTHS, experiment.SEEDS)
+    grid = ablation_script.grid(ablation_script.grid_axes(experiment, [tiny_axis] if tiny else [], None))
 
     def cells() -> dict:
         """Each cell's state: done (with its wall time), started, or not started."""
@@ -528,12 +548,12 @@ def ablation(out: Output, deadline: float, tiny: bool, data: Path) -> str:
            f"failed: exit codes {record['exit_codes']} (logs/ablation-worker*.log)")
     done = [name for name, cell in record["cells"].items() if cell.get("done")]
     if done:
-        summary = ablation_script.write_report(root, dest, shlex.join(["python", "scripts/ablation.py", "report", "--root",
-                                                                       str(root), "--out", str(dest), "--copy-metrics"]),
-                                               copy_metrics=True)
+        command = ["python", "scripts/ablation.py", "report", "--root", str(root), "--out", str(dest), "--copy-metrics"]
+        summary = ablation_script.write_report(root, dest, shlex.join(command), copy_metrics=True)
         record["table"] = summary["table"]
     out.save({dest / "campaign.json": record})
-    return f"{record['status']}: {len(done)} of {len(record['cells'])} runs finished" + (", report written" if done else "")
+    written = ", report written" if done else ""
+    return f"{record['status']}: {len(done)} of {len(record['cells'])} runs finished{written}"
 
 
 PARTS = {"smoke": smoke, "speed": speed, "pipeline": pipeline, "accuracy": accuracy, "ablation": ablation}
@@ -555,10 +575,11 @@ def parse_budgets(text: str, tiny: bool) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", type=Path, help="output folder, laid out as the repository's results")
-    parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, in order (default {','.join(PARTS)})")
+    parser.add_argument("--parts", default=",".join(PARTS),
+                        help=f"comma-separated, in order (default {','.join(PARTS)})")
     parser.add_argument("--tiny", action="store_true", help="the CPU preset of every part (CI)")
-    parser.add_argument("--data", type=Path, help="the folder of the four Fashion-MNIST IDX files (default: the first of "
-                        + ", ".join(map(str, DATA)) + " that exists)")
+    parser.add_argument("--data", type=Path, help="the folder of the four Fashion-MNIST IDX files (default: the first "
+                        "of " + ", ".join(map(str, DATA)) + " that exists)")
     parser.add_argument("--budgets", default="", help="part=seconds,... replacing the preset's budgets")
     parser.add_argument("--pack", type=Path, help="keep a .tar.gz of the results (all but runs/) up to date here")
     args = parser.parse_args(argv)
@@ -571,13 +592,14 @@ def main(argv: list[str] | None = None) -> int:
     data = args.data or next((d for d in DATA if d.is_dir()), DATA[-1])
     if not all((data / f"{stem}-ubyte.gz").is_file() or (data / f"{stem}-ubyte").is_file() for stem in
                ("train-images-idx3", "train-labels-idx1", "t10k-images-idx3", "t10k-labels-idx1")):
-        parser.error(f"{data} does not hold the four Fashion-MNIST IDX files: build .carry/ (bash scripts/build_carry.sh) "
-                     "or pass --data DIR")
+        parser.error(f"{data} does not hold the four Fashion-MNIST IDX files: build .carry/ "
+                     "(bash benchmarks/campaign/build_carry.sh) or pass --data DIR")
     if args.tiny:  # before JAX starts its backend; the subprocesses inherit it
         os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {TINY_XLA_FLAGS}".strip()
     out = Output(args.out.absolute(), args.pack.absolute() if args.pack else None)
     out.root.mkdir(parents=True, exist_ok=True)
-    index = {"campaign": shlex.join(["scripts/gpu_campaign.py", *(argv if argv is not None else sys.argv[1:])]),
+    command = ["benchmarks/campaign/gpu_campaign.py", *(argv if argv is not None else sys.argv[1:])]
+    index = {"campaign": shlex.join(command),
              "preset": preset(args.tiny), "data": str(data), "xla_flags": os.environ.get("XLA_FLAGS"), **provenance(),
              "parts": {}}
     print(f"campaign ({index['preset']}) on {index['device']}, commit {index['commit']}: {', '.join(parts)} "
@@ -594,7 +616,8 @@ def main(argv: list[str] | None = None) -> int:
         index["parts"][part] = {"status": status, "summary": summary, "seconds": round(seconds, 1),
                                 "budget_s": budgets[part]}
         print(f"==== {part}: {status} in {seconds:.0f} s: {summary}", flush=True)
-        rows = [[p, r["status"], f"{r['seconds']:.0f}", f"{r['budget_s']:.0f}", r["summary"]] for p, r in index["parts"].items()]
+        rows = [[p, r["status"], f"{r['seconds']:.0f}", f"{r['budget_s']:.0f}", r["summary"]]
+                for p, r in index["parts"].items()]
         md = [f"# GPU campaign ({index['preset']})", "", f"`{index['campaign']}`", "",
               f"- Device: {index['device']}; commit {index['commit']}; {index['date']}", "",
               *table(["part", "status", "seconds", "budget s", "summary"], rows)]
