@@ -18,9 +18,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from resnet_jax import config as config_lib
 from resnet_jax.data import DataError, Dataset, augment, default_config, load_dataset, make_pipeline, sources
 from resnet_jax.data import __main__ as data_main
-from resnet_jax.data.sources import CIFAR, CLASS_NAMES, validate_config
+from resnet_jax.data.config import upgrade_data, validate_config
+from resnet_jax.data.sources.cifar import CIFAR
+from resnet_jax.data.sources.idx import CLASS_NAMES
 
 RNG = np.random.default_rng(0)
 
@@ -113,7 +116,7 @@ def test_idx_labels_outside_the_classes_name_the_file_and_the_fix(idx_dir, write
 def test_idx_of_an_unknown_name_needs_num_classes(idx_dir):
     path, arrays = idx_dir
     with pytest.raises(ValueError, match="data.name='kmnist' is not one of mnist, fashion_mnist: set data.num_classes"):
-        load_dataset(config(name="kmnist", source="idx", path=str(path)))
+        validate_config(config(name="kmnist", source="idx", path=str(path)))
     data = load_dataset(config(name="kmnist", source="idx", path=str(path), num_classes=10))
     assert data.num_classes == 10 and data.class_names == [str(i) for i in range(10)]
     top = int(max(arrays["train"][1].max(), arrays["t10k"][1].max()))
@@ -156,7 +159,9 @@ BAD_CONFIGS = [
     (dict(channels=2), r"data.channels=2 must be 0 \(keep\), 1 or 3"),
     (dict(pad_to_32=True, image_size=64), "data.pad_to_32 zero-pads .* data.image_size=64 makes them larger"),
     (dict(source="web"), "unknown data.source 'web'; choose one of tfds, idx, cifar, folder"),
-    (dict(augment="rotate"), "unknown data.augment 'rotate'; choose one of none, crop"),
+    (dict(augment=("flip", "rotate")), "unknown data.augment 'rotate'; choose among the registered augmentations crop"),
+    (dict(augment=("mixup", "flip")), r"batch augmentations \(mixup\) mix examples .* after the per-example ones"),
+    (dict(mixup_alpha=0.0), "data.mixup_alpha=0.0 must be > 0"),
     (dict(normalize="zscore"), "unknown data.normalize 'zscore'; choose one of channel, pixel_mean, imagenet, none"),
     (dict(in_memory="yes"), "unknown data.in_memory 'yes'"),
     (dict(in_memory=False), "in_memory=False streams from tfds or an image folder; source='idx' is read into memory"),
@@ -175,6 +180,7 @@ BAD_CONFIGS = [
 @pytest.mark.parametrize("overrides, message", BAD_CONFIGS,
                          ids=[",".join(f"{k}={v}" for k, v in o.items()) for o, _ in BAD_CONFIGS])
 def test_bad_data_configs_fail_before_anything_is_read(idx_dir, monkeypatch, overrides, message):
+    """By validate_config, which the run's one validation (resnet_jax.config.validate) calls."""
     path, _ = idx_dir
     c = config(name="fashion_mnist", source="idx", path=str(path))
     c.update(overrides)
@@ -182,27 +188,39 @@ def test_bad_data_configs_fail_before_anything_is_read(idx_dir, monkeypatch, ove
     def no_reading(*args):
         raise AssertionError("a file was read before the config was checked")
 
-    monkeypatch.setattr(sources, "read_idx", no_reading)
-    monkeypatch.setattr(sources, "open_tfds", no_reading)
-    for check in (validate_config, load_dataset, lambda c: make_pipeline(c, 8, mesh(), 0)):
-        with pytest.raises(ValueError, match=message):
-            check(c)
+    monkeypatch.setattr(sources.idx, "read_idx", no_reading)
+    monkeypatch.setattr(sources.tfds, "open_tfds", no_reading)
+    with pytest.raises(ValueError, match=message):
+        validate_config(c)
+    run = config_lib.default_config()
+    run.data = c
+    with pytest.raises(config_lib.ConfigError, match=message):
+        config_lib.validate(run)
 
 
-def test_a_data_config_saved_before_num_classes_existed_still_loads(idx_dir):
-    """A run's config.json written before data.num_classes (evaluate reads it back): missing keys take defaults."""
+def test_a_data_config_saved_by_an_older_version_is_upgraded_and_loads(idx_dir):
+    """A run's config.json written before data.num_classes, with augment one name: upgrade_data gives the missing keys
+    their defaults and the name its list; without the upgrade, validation names the missing key."""
     path, _ = idx_dir
     saved = json.loads(config(name="fashion_mnist", source="idx", path=str(path)).to_json_best_effort())
     del saved["num_classes"]
-    old = ml_collections.ConfigDict(saved)
-    validate_config(old)
-    assert load_dataset(old).num_classes == make_pipeline(old, 4, mesh(), 0).num_classes == 10
+    with pytest.raises(ValueError, match="data key.s. num_classes missing.*upgrade_data"):
+        validate_config(ml_collections.ConfigDict(saved))
+    for old, new in (("crop_flip", ("crop", "flip")), ("none", ()), ("shift_flip", ("shift", "flip")),
+                     ("inception_crop_flip", ("inception_crop", "flip")), (["flip"], ("flip",))):
+        assert upgrade_data(saved | {"augment": old})["augment"] == new
+    upgraded = ml_collections.ConfigDict(upgrade_data(saved | {"augment": "crop_flip"}))
+    validate_config(upgraded)
+    assert upgraded.augment == ("crop", "flip") and upgraded.num_classes == 0
+    assert load_dataset(upgraded).num_classes == make_pipeline(upgraded, 4, mesh(), 0).num_classes == 10
+    with pytest.raises(ValueError, match=r"data.augment='crop_flip' is one name; list the augmentations in order"):
+        validate_config(ml_collections.ConfigDict(saved | {"num_classes": 0, "augment": "crop_flip"}))
 
 
 def test_a_file_given_for_a_directory(idx_dir):
     path, _ = idx_dir
     with pytest.raises(DataError, match="is a file; source='folder' reads a directory laid out as path/train"):
-        load_dataset(config(name="signs", source="folder", path=str(path / "t10k-images-idx3-ubyte")))
+        validate_config(config(name="signs", source="folder", path=str(path / "t10k-images-idx3-ubyte")))
 
 
 def test_cli_describes_the_data_and_draws_the_grid(idx_dir, tmp_path, capsys):
@@ -229,7 +247,7 @@ def test_missing_files_say_where_they_were_looked_for(tmp_path):
     with pytest.raises(DataError, match="cifar-10-python.tar.gz"):
         load_dataset(config(name="cifar10", source="cifar", path=str(tmp_path)))
     with pytest.raises(DataError, match="path/train/<class>"):
-        load_dataset(config(name="signs", source="folder"))
+        validate_config(config(name="signs", source="folder"))
 
 
 def test_unknown_tfds_dataset():
@@ -445,7 +463,7 @@ def test_resize_is_within_one_grey_level_of_tf_image(tmp_path):
     import tensorflow as tf
     for shape, size in (((28, 28, 1), 32), ((32, 32, 3), 24), ((75, 100, 3), 32), ((40, 60, 3), 64)):
         image = RNG.integers(0, 256, shape, dtype=np.uint8)
-        ours, theirs = sources.resize_image(image, size), sources.resize(tf.constant(image), size).numpy()
+        ours, theirs = sources.common.resize_image(image, size), sources.tfds.resize(tf.constant(image), size).numpy()
         assert ours.shape == theirs.shape == (size, size, shape[-1])
         difference = np.abs(ours.astype(int) - theirs)
         assert difference.max() <= 1 and difference.mean() < 0.05, (shape, size, difference.mean())
@@ -518,7 +536,7 @@ def test_tfds_in_memory_and_streamed_under_mock_data(tmp_path):
         assert data.num_classes == 10 and "tfds fashion_mnist" in data.origin
         assert "streamed" not in make_pipeline(config(name="fashion_mnist"), 8, mesh(), 0).origin
 
-        c = config(name="fashion_mnist", in_memory=False, pad_to_32=True, channels=3, augment="crop_flip",
+        c = config(name="fashion_mnist", in_memory=False, pad_to_32=True, channels=3, augment=("crop", "flip"),
                    eval_batch_size=10)
         pipeline = make_pipeline(c, 8, mesh(), seed=0)
         assert pipeline.origin.endswith("streamed") and pipeline.steps_per_epoch == n // 8
@@ -532,9 +550,14 @@ def test_tfds_in_memory_and_streamed_under_mock_data(tmp_path):
         assert len(masks) == 3 and sum(m.sum() for m in masks) == n and masks[-1][-6:].sum() == 0
 
 
+def augmented(images, keys, names):
+    labels = np.zeros(len(images), np.int32)
+    return np.asarray(augment.augment(images, labels, keys, names, augment.Context(10, default_config()))[0])
+
+
 def test_crop_is_a_window_of_the_zero_padded_image():
     images = RNG.integers(1, 256, (16, 8, 8, 2), dtype=np.uint8)  # no zeros: padding is recognisable
-    cropped = np.asarray(augment.augment(images, jax.random.split(jax.random.key(0), 16), "crop"))
+    cropped = augmented(images, jax.random.split(jax.random.key(0), 16), ("crop",))
     offsets = []
     for image, crop in zip(images, cropped):
         padded = np.pad(image, ((4, 4), (4, 4), (0, 0)))
@@ -546,7 +569,7 @@ def test_crop_is_a_window_of_the_zero_padded_image():
 
 def test_shift_fills_with_the_nearest_pixel():
     images = RNG.integers(0, 256, (16, 20, 20, 1), dtype=np.uint8)  # shifts of up to 10% = 2 pixels
-    shifted = np.asarray(augment.augment(images, jax.random.split(jax.random.key(1), 16), "shift"))
+    shifted = augmented(images, jax.random.split(jax.random.key(1), 16), ("shift",))
     shifts = []
     for image, out in zip(images, shifted):
         edge = np.pad(image, ((2, 2), (2, 2), (0, 0)), mode="edge")
@@ -557,16 +580,16 @@ def test_shift_fills_with_the_nearest_pixel():
 def test_flip_mirrors_half_and_twice_is_identity():
     images = RNG.integers(0, 256, (32, 6, 6, 3), dtype=np.uint8)
     keys = jax.random.split(jax.random.key(2), 32)
-    flipped = np.asarray(augment.augment(images, keys, "flip"))
+    flipped = augmented(images, keys, ("flip",))
     mirrored = [(out == image[:, ::-1]).all() for image, out in zip(images, flipped)]
     assert all(m or (out == image).all() for m, image, out in zip(mirrored, images, flipped))
     assert 0 < sum(mirrored) < 32
-    np.testing.assert_array_equal(augment.augment(flipped, keys, "flip"), images)
+    np.testing.assert_array_equal(augmented(flipped, keys, ("flip",)), images)
 
 
 @pytest.fixture(scope="module")
 def tiny_pipeline():
-    c = config(pad_to_32=True, channels=3, augment="crop_flip", eval_batch_size=5)
+    c = config(pad_to_32=True, channels=3, augment=("crop", "flip"), eval_batch_size=5)
     data = tiny_dataset(one_train_image=True)
     return make_pipeline(c, 8, mesh(), seed=3, dataset=data), data, c
 
@@ -624,9 +647,9 @@ def test_normalization_and_images_paired_with_labels(normalize):
 def test_config_errors():
     data = tiny_dataset()
     with pytest.raises(ValueError, match="unknown data.augment 'rotate'"):
-        make_pipeline(config(augment="rotate"), 8, mesh(), 0, dataset=data)
+        validate_config(config(augment=("rotate",)))
     with pytest.raises(ValueError, match="in_memory=False streams from tfds"):
-        make_pipeline(config(source="idx", in_memory=False), 8, mesh(), 0)
+        validate_config(config(source="idx", in_memory=False))
     with pytest.raises(ValueError, match="pad_to_32 .* 40x40"):
         make_pipeline(config(pad_to_32=True), 8, mesh(), 0, dataset=tiny_dataset(shape=(40, 40, 1)))
     with pytest.raises(ValueError, match="fewer than one batch"):
@@ -637,7 +660,7 @@ MULTI_DEVICE = """
 import jax, numpy as np
 from tests.test_data import config, tiny_dataset
 from resnet_jax.data import make_pipeline
-data, c = tiny_dataset(), config(pad_to_32=True, channels=3, augment="shift_flip")
+data, c = tiny_dataset(), config(pad_to_32=True, channels=3, augment=("shift", "flip"))
 two = jax.make_mesh((2,), ("data",))
 for batch_size, eval_batch_size in ((7, 0), (8, 5)):
     try:
