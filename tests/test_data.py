@@ -552,7 +552,7 @@ def test_tfds_in_memory_and_streamed_under_mock_data(tmp_path):
 
 def augmented(images, keys, names):
     labels = np.zeros(len(images), np.int32)
-    return np.asarray(augment.augment(images, labels, keys, names, augment.Context(10, default_config()))[0])
+    return np.asarray(augment.augment(images, labels, keys, None, names, augment.Context(10, default_config()))[0])
 
 
 def test_crop_is_a_window_of_the_zero_padded_image():
@@ -673,6 +673,10 @@ assert [s.data.shape for s in batch["image"].addressable_shards] == [(4, 32, 32,
 one = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
 alone = next(make_pipeline(c, 8, one, 0, dataset=data).train_batches(2, start_step=1))
 np.testing.assert_array_equal(batch["image"], alone["image"])  # batches do not depend on the device count
+c.augment = ("shift", "flip", "mixup")  # mixup pairs examples across the devices' parts of the global batch
+mixed, mixed_alone = (next(make_pipeline(c, 8, m, 0, dataset=data).train_batches(2, start_step=1)) for m in (two, one))
+np.testing.assert_array_equal(mixed["image"], mixed_alone["image"])
+np.testing.assert_array_equal(mixed["label"], mixed_alone["label"])
 print("ok")
 """
 

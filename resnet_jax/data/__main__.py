@@ -63,8 +63,9 @@ def save_grid(data: Dataset, config, path: str, per_class: int, seed: int) -> No
     classes = range(min(data.num_classes, GRID_CLASSES))
     picks = np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in classes])
     raw = augment.to_model_geometry(images[picks], config.pad_to_32, config.channels)
-    keys = jax.random.split(jax.random.key(seed), len(picks))
-    augmented, _ = augment.augment(raw, labels[picks], keys, config.augment, augment.Context(data.num_classes, config))
+    key = jax.random.key(seed)
+    augmented, _ = augment.augment(raw, labels[picks], jax.random.split(key, len(picks)), key, config.augment,
+                                   augment.Context(data.num_classes, config))
     name = "+".join(config.augment) or "none"
     shown = {"raw": np.asarray(raw), name: np.asarray(augmented)}
     fig, axes = plt.subplots(len(classes), 2 * per_class, figsize=(2 * per_class * 0.9, len(classes) * 0.95),

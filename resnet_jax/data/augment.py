@@ -1,11 +1,11 @@
 """Augmentations: a registry of named batch transforms that `data.augment` lists in order, run on the accelerator
 inside the pipeline's jitted batch functions; and the model geometry and normalisation around them.
 
-An augmentation is fn(images, labels, keys, context) -> (images, labels). A per-example one (the default) is written
+An augmentation is fn(images, labels, key, context) -> (images, labels). A per-example one (the default) is written
 for one example (HWC image, its label, its key) and vmapped, one key per example, so an example's augmentation does
 not depend on how the batch is split over devices; it runs on each device's part of the batch. A batch one
-(per_example=False) sees the whole global batch (N, H, W, C), labels (N,) or (N, C) and the N keys, and may mix
-examples (mixup). Every augmentation sees pixel values in [0, 255] (uint8, or float32 once mixed), before
+(per_example=False) sees the whole global batch (N, H, W, C), labels (N,) or (N, C) and one key for the batch, and may
+mix examples (mixup). Every augmentation sees pixel values in [0, 255] (uint8, or float32 once mixed), before
 normalisation, and receives the same keys: each draws from a stream of its own (`stream`). Labels may come back soft
 (float32 (N, C)); resnet_jax.losses.targets turns integer ones into one-hot rows.
 
@@ -81,9 +81,10 @@ def partition(names: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
     return per_example, tuple(n for n in names if n in AUGMENTATIONS and not AUGMENTATIONS[n].per_example)
 
 
-def augment(images: jax.Array, labels: jax.Array, keys: jax.Array, names: Sequence[str],
-            context: Context) -> tuple[jax.Array, jax.Array]:
-    """The augmentations `names` applied in order to a batch, example i with keys[i]; host crops are skipped."""
+def augment(images: jax.Array, labels: jax.Array, keys: jax.Array | None, batch_key: jax.Array | None,
+            names: Sequence[str], context: Context) -> tuple[jax.Array, jax.Array]:
+    """The augmentations `names` applied in order to a batch: per-example ones with keys[i] for example i, batch ones
+    with batch_key (the pipeline calls this for each kind on its own); host crops are skipped."""
     for name in names:
         if name in HOST_CROPS:
             continue
@@ -91,7 +92,7 @@ def augment(images: jax.Array, labels: jax.Array, keys: jax.Array, names: Sequen
         if augmentation.per_example:
             images, labels = jax.vmap(_one_example(augmentation.fn, context))(images, labels, keys)
         else:
-            images, labels = augmentation.fn(images, labels, keys, context)
+            images, labels = augmentation.fn(images, labels, batch_key, context)
     return images, labels
 
 
@@ -155,10 +156,11 @@ MIXUP_STREAM = 2
 
 
 @register_augmentation("mixup", per_example=False)
-def mixup(images, labels, keys, context):
+def mixup(images, labels, key, context):
     """mixup (Zhang et al. 2018): the batch mixed with itself reversed (the batch is in random order, so partners
     are random), images and one-hot labels alike, by one weight per batch drawn from Beta(alpha, alpha)."""
-    weight = jax.random.beta(stream(keys[0], MIXUP_STREAM), context.config.mixup_alpha)
+    alpha = context.config.mixup_alpha
+    weight = jax.random.beta(stream(key, MIXUP_STREAM), alpha, alpha)
     x, y = images.astype(jnp.float32), targets(labels, context.num_classes)
     return weight * x + (1 - weight) * x[::-1], weight * y + (1 - weight) * y[::-1]
 

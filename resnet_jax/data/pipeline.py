@@ -23,6 +23,7 @@ from resnet_jax.data import augment, imagenet
 from resnet_jax.data.sources import SOURCES, Dataset, Stream, load_dataset
 
 SHUFFLE_STEP = 2**32 - 1      # the epoch's shuffle key is the augmentation key of this step, which no epoch reaches
+BATCH_KEY = 0                 # the batch augmentations' key is the step's key folded with this
 
 
 def model_image_shape(shape: tuple[int, int, int], config: ml_collections.ConfigDict) -> tuple[int, int, int]:
@@ -103,9 +104,10 @@ class Pipeline:
         raise NotImplementedError
 
     def _augment_keys(self, epoch, step):
-        """One key per example of the batch, from fold_in(fold_in(key(seed), epoch), step); sharded over 'data'."""
+        """(one key per example, sharded over 'data'; one key for the batch), from the step's key
+        fold_in(fold_in(key(seed), epoch), step)."""
         key = jax.random.fold_in(jax.random.fold_in(jax.random.key(self._seed), epoch), step)
-        return self._shard(jax.random.split(key, self.batch_size))
+        return self._shard(jax.random.split(key, self.batch_size)), jax.random.fold_in(key, BATCH_KEY)
 
     def _shard(self, x):
         """Shard x over 'data' inside jit: Explicit mesh axes (jax.make_mesh's default) and Auto ones differ here."""
@@ -123,11 +125,12 @@ class Pipeline:
 
     def _augment_per_example(self, images, labels, keys):
         """On one device's part of the batch: model geometry, then the per-example augmentations."""
-        return augment.augment(self._geometry(images), labels, keys, self._per_example_augment, self._context)
+        return augment.augment(self._geometry(images), labels, keys, None, self._per_example_augment, self._context)
 
-    def _finish_train_batch(self, images, labels, keys):
-        """The global batch after the per-example ones: the batch augmentations, then normalisation."""
-        images, labels = augment.augment(images, labels, keys, self._batch_augment, self._context)
+    def _finish_train_batch(self, images, labels, key):
+        """The global batch after the per-example ones: the batch augmentations (with the batch's key), then
+        normalisation."""
+        images, labels = augment.augment(images, labels, None, key, self._batch_augment, self._context)
         return {"image": augment.normalize(images, self._mean, self._std), "label": labels}
 
     def _check_split(self, split):
@@ -163,13 +166,13 @@ class _InMemoryPipeline(Pipeline):
         """Batch `step` of the epoch whose train_inputs are (images, labels, perm, epoch); traceable, so that a jitted
         loop can gather its batches itself (resnet_jax.multistep)."""
         idx = self._shard(jax.lax.dynamic_slice_in_dim(perm, step * self.batch_size, self.batch_size))
-        keys = self._augment_keys(epoch, step)
+        keys, batch_key = self._augment_keys(epoch, step)
 
         def local(images, labels, idx, keys):
             return self._augment_per_example(images[idx], labels[idx], keys)
 
         images, labels = self._per_device(local, P(), P(), P("data"), P("data"))(images, labels, idx, keys)
-        return self._finish_train_batch(images, labels, keys)
+        return self._finish_train_batch(images, labels, batch_key)
 
     def _eval_batch_fn(self, images, labels, start):
         def local(images, labels, idx):
@@ -216,10 +219,10 @@ class _StreamedPipeline(Pipeline):
         self._eval_batch = jax.jit(self._eval_batch_fn, out_shardings=self._sharding)
 
     def _train_batch_fn(self, images, labels, epoch, step):
-        keys = self._augment_keys(epoch, step)
+        keys, batch_key = self._augment_keys(epoch, step)
         images, labels = self._per_device(self._augment_per_example, P("data"), P("data"), P("data"))(
             images, labels, keys)
-        return self._finish_train_batch(images, labels, keys)
+        return self._finish_train_batch(images, labels, batch_key)
 
     def _eval_batch_fn(self, batch):
         images = self._per_device(self._geometry, P("data"))(batch["image"])
