@@ -127,7 +127,8 @@ def test_idx_of_an_unknown_name_needs_num_classes(idx_dir):
 
 
 @pytest.mark.parametrize("test_images, test_labels, message", [
-    (np.zeros((3, 28, 28), np.uint8), np.zeros(2, np.uint8), r"\(3, 28, 28\) and .* \(2,\) are not N images with N labels"),
+    (np.zeros((3, 28, 28), np.uint8), np.zeros(2, np.uint8),
+     r"\(3, 28, 28\) and .* \(2,\) are not N images with N labels"),
     (np.zeros((0, 28, 28), np.uint8), np.zeros(0, np.uint8), "the test split of IDX files in .* holds no images"),
     (np.zeros((3, 32, 32), np.uint8), np.zeros(3, np.uint8), "hold images of different shapes.*set image_size=N"),
 ])
@@ -274,7 +275,8 @@ class Py2Pickler(pickle._Pickler):
 
     def save_bytes(self, obj):
         n = len(obj)
-        self.write(pickle.SHORT_BINSTRING + bytes([n]) + obj if n < 256 else pickle.BINSTRING + struct.pack("<i", n) + obj)
+        header = pickle.SHORT_BINSTRING + bytes([n]) if n < 256 else pickle.BINSTRING + struct.pack("<i", n)
+        self.write(header + obj)
         self.memoize(obj)
 
     def save_str(self, obj):
@@ -559,7 +561,7 @@ def test_crop_is_a_window_of_the_zero_padded_image():
     images = RNG.integers(1, 256, (16, 8, 8, 2), dtype=np.uint8)  # no zeros: padding is recognisable
     cropped = augmented(images, jax.random.split(jax.random.key(0), 16), ("crop",))
     offsets = []
-    for image, crop in zip(images, cropped):
+    for image, crop in zip(images, cropped, strict=True):
         padded = np.pad(image, ((4, 4), (4, 4), (0, 0)))
         found = [(dy, dx) for dy in range(9) for dx in range(9) if (padded[dy:dy + 8, dx:dx + 8] == crop).all()]
         assert len(found) == 1
@@ -571,7 +573,7 @@ def test_shift_fills_with_the_nearest_pixel():
     images = RNG.integers(0, 256, (16, 20, 20, 1), dtype=np.uint8)  # shifts of up to 10% = 2 pixels
     shifted = augmented(images, jax.random.split(jax.random.key(1), 16), ("shift",))
     shifts = []
-    for image, out in zip(images, shifted):
+    for image, out in zip(images, shifted, strict=True):
         edge = np.pad(image, ((2, 2), (2, 2), (0, 0)), mode="edge")
         shifts += [(dy, dx) for dy in range(5) for dx in range(5) if (edge[dy:dy + 20, dx:dx + 20] == out).all()]
     assert len(shifts) == 16 and len(set(shifts)) > 1
@@ -581,8 +583,8 @@ def test_flip_mirrors_half_and_twice_is_identity():
     images = RNG.integers(0, 256, (32, 6, 6, 3), dtype=np.uint8)
     keys = jax.random.split(jax.random.key(2), 32)
     flipped = augmented(images, keys, ("flip",))
-    mirrored = [(out == image[:, ::-1]).all() for image, out in zip(images, flipped)]
-    assert all(m or (out == image).all() for m, image, out in zip(mirrored, images, flipped))
+    mirrored = [(out == image[:, ::-1]).all() for image, out in zip(images, flipped, strict=True)]
+    assert all(m or (out == image).all() for m, image, out in zip(mirrored, images, flipped, strict=True))
     assert 0 < sum(mirrored) < 32
     np.testing.assert_array_equal(augmented(flipped, keys, ("flip",)), images)
 
@@ -605,7 +607,7 @@ def test_train_batches_are_a_function_of_seed_epoch_step(tiny_pipeline):
     assert len(set(labels.tolist())) == 40  # a permutation: every example once
 
     again = list(pipeline.train_batches(0, start_step=3))
-    for a, b in zip(again, epoch[3:]):
+    for a, b in zip(again, epoch[3:], strict=True):
         np.testing.assert_array_equal(a["image"], b["image"])
     assert not np.array_equal(epoch[1]["image"], epoch[2]["image"])  # same images, other augmentation
     other_epoch = list(pipeline.train_batches(1))

@@ -53,7 +53,7 @@ def mesh():
 def within_rounding(box, height, width):
     """The box's area fraction and aspect are in range up to the rounding of its sides to whole pixels."""
     top, left, h, w = box
-    assert 0 <= top and top + h <= height and 0 <= left and left + w <= width, box
+    assert top >= 0 and top + h <= height and left >= 0 and left + w <= width, box
     lo, hi = imagenet.CROP_ASPECT
     assert (w + 0.5) / (h - 0.5) >= lo and (w - 0.5) / (h + 0.5) <= hi, box
     assert (w + 0.5) * (h + 0.5) >= imagenet.CROP_AREA[0] * height * width, box
@@ -84,7 +84,7 @@ def test_random_resized_crop_falls_back_to_the_centred_clamped_crop():
     boxes = [imagenet.random_resized_crop_box(224, 1000, imagenet.example_uniforms(1, 0, i)) for i in range(500)]
     fallback = [b.tolist() == [0, 350, 224, 299] for b in boxes]
     assert 0 < sum(fallback) < 250
-    for box, fell_back in zip(boxes, fallback):
+    for box, fell_back in zip(boxes, fallback, strict=True):
         if not fell_back:
             within_rounding(box, 224, 1000)
     first_fit = np.array([[0.5, 0.5, 0.0, 0.999]] * imagenet.ATTEMPTS)  # 54% of the area, square, top right
@@ -135,9 +135,12 @@ def test_tf_crop_matches_the_pil_crop(tmp_path):
     path = write_jpeg(tmp_path / "a.jpg", class_image(2, 90, 120))
     feature = tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg")
     for box in ([10, 20, 60, 50], [0, 0, 90, 120], [30, 5, 11, 40]):
-        ours = imagenet.load_crop(path, lambda h, w: np.array(box), 24).astype(np.float64)
-        theirs = imagenet.tf_crop(tf.constant(path.read_bytes()), feature, lambda h, w, i: np.array(box, np.int32),
-                                  tf.constant(0, tf.int64), 24).numpy()
+        ours = imagenet.load_crop(path, lambda h, w, box=box: np.array(box), 24).astype(np.float64)
+
+        def box_fn(h, w, i, box=box):
+            return np.array(box, np.int32)
+
+        theirs = imagenet.tf_crop(tf.constant(path.read_bytes()), feature, box_fn, tf.constant(0, tf.int64), 24).numpy()
         assert theirs.shape == (24, 24, 3) and np.abs(ours - theirs).mean() < 2.0, box
 
 
@@ -161,7 +164,7 @@ def test_tfds_imagenet_streams_crops_and_resumes_exactly(tmp_path, monkeypatch):
         monkeypatch.setattr(imagenet.Crops, "train_box", lambda *a: cropped.append(a) or train_box(*a))
         resumed = list(pipeline.train_batches(0, start_step=1))
         assert len(epoch) == 3 and len(resumed) == 2 and len(cropped) == 8
-        for a, b in zip(resumed, epoch[1:]):
+        for a, b in zip(resumed, epoch[1:], strict=True):
             np.testing.assert_array_equal(a["image"], b["image"])
             np.testing.assert_array_equal(a["label"], b["label"])
         masks = [b["mask"] for b in pipeline.eval_batches("test")]
@@ -250,8 +253,8 @@ BAD = [
     (dict(image_size=0), "needs data.image_size, the size of the crops"),
     (dict(augment=("flip",), eval_crop=1.0, image_size=0, in_memory=False),
      "a streamed image folder needs data.image_size"),
-    (dict(source="cifar", name="cifar10", augment=("flip",), in_memory=False), "in_memory=False streams from tfds or an "
-                                                                            "image folder; source='cifar'"),
+    (dict(source="cifar", name="cifar10", augment=("flip",), in_memory=False),
+     "in_memory=False streams from tfds or an image folder; source='cifar'"),
 ]
 
 

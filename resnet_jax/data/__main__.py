@@ -95,13 +95,13 @@ def main(argv=None) -> None:
                   num_classes=args.num_classes, val_size=args.val_size, train_subset=args.train_subset,
                   pad_to_32=args.pad_to_32, channels=args.channels, image_size=args.image_size, augment=args.augment)
     try:
-        validate_config(config)
         if any(name in augment.HOST_CROPS for name in args.augment):
-            raise ValueError(f"--augment shows the augmentations done on the device; {args.augment!r} names a host crop")
+            raise ValueError(f"--augment shows augmentations done on the device; {args.augment!r} names a host crop")
+        validate_config(config)
         data = load_dataset(config)
         describe(data, config)
     except (DataError, ValueError) as e:
-        raise SystemExit(f"error: {e}")
+        raise SystemExit(f"error: {e}") from None
     if args.grid:
         save_grid(data, config, args.grid, args.per_class, args.seed)
 

@@ -62,7 +62,7 @@ def check_names(names: Sequence[str]) -> None:
     """Raise ValueError unless `names` is a sequence of registered augmentations, batch ones after per-example ones."""
     if isinstance(names, str):
         raise ValueError(f"data.augment={names!r} is one name; list the augmentations in order, e.g. "
-                         f"data.augment=('crop', 'flip') (an old run's name reads as resnet_jax.data.upgrade_data says)")
+                         "data.augment=('crop', 'flip') (resnet_jax.data.upgrade_data maps an old run's name)")
     unknown = [n for n in names if n not in AUGMENTATIONS and n not in HOST_CROPS]
     if unknown:
         raise ValueError(f"unknown data.augment {unknown[0]!r}; choose among the registered augmentations "

@@ -19,7 +19,7 @@ def default_config() -> ml_collections.ConfigDict:
     """The data section of an experiment config; the comment on each field says what it does."""
     return ml_collections.ConfigDict({
         "name": "fashion_mnist",    # tfds name, or mnist / fashion_mnist / cifar10 / cifar100 / any name for a folder
-        "source": "tfds",           # a registered source: 'tfds' | 'idx' | 'cifar' | 'folder' (register_source adds one)
+        "source": "tfds",           # a registered source: 'tfds' | 'idx' | 'cifar' | 'folder' (or register_source's)
         "path": "",                 # tfds data_dir ('' = TFDS_DATA_DIR or ~/tensorflow_datasets); else the files' dir
         "manual_dir": "",           # tfds manual download dir (imagenet2012 ...)
         "num_classes": 0,           # 0 = as the data says; required for IDX files of a name not in CLASS_NAMES
@@ -27,13 +27,14 @@ def default_config() -> ml_collections.ConfigDict:
         "pad_to_32": False,         # zero-pad (28x28) images to 32x32, centred
         "channels": 0,              # 0 = keep; 3 = repeat a single channel to RGB (folders: read every image as RGB)
         "image_size": 0,            # 0 = keep; else resize the shorter side to this and centre-crop a square
-        "eval_crop": 1.0,           # streamed: evaluate on the centred eval_crop x shorter side (ImageNet 0.875 = 224/256)
-        "augment": (),              # registered augmentations, in order: ('crop', 'flip'), ('shift', 'flip'), ('mixup',)
-                                    # ...; 'inception_crop' (streamed: random-resized crop on the host) comes first
+        "eval_crop": 1.0,           # streamed: evaluate on the centred eval_crop x shorter side (ImageNet: 224/256)
+        "augment": (),              # registered augmentations, in order: ('crop', 'flip'), ('shift', 'flip', 'mixup'),
+                                    # ...; 'inception_crop': streamed, a random-resized crop on the host, done first
         "mixup_alpha": 0.2,         # 'mixup': the mixing weight is drawn from Beta(alpha, alpha) (Zhang et al. 2018)
         "normalize": "channel",     # 'channel' (mean/std per channel) | 'pixel_mean' (Keras seed) | 'imagenet'
                                     # (torchvision's RGB mean/std) | 'none' (x/255)
-        "in_memory": config_dict.FieldReference("auto", field_type=object),  # 'auto' | True | False (stream: tfds, folder)
+        # 'auto' | True | False (streamed: the sources that stream, tfds and folder)
+        "in_memory": config_dict.FieldReference("auto", field_type=object),
         "workers": 0,               # streamed folders: decoding threads per process; 0 = one per CPU core
         "eval_batch_size": 0,       # 0 = the train batch size
         "train_subset": 0,          # 0 = all; else the first N training images

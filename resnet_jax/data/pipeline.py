@@ -111,7 +111,8 @@ class Pipeline:
 
     def _shard(self, x):
         """Shard x over 'data' inside jit: Explicit mesh axes (jax.make_mesh's default) and Auto ones differ here."""
-        if dict(zip(self._mesh.axis_names, self._mesh.axis_types, strict=True))["data"] == jax.sharding.AxisType.Explicit:
+        axis_types = dict(zip(self._mesh.axis_names, self._mesh.axis_types, strict=True))
+        if axis_types["data"] == jax.sharding.AxisType.Explicit:
             return jax.reshard(x, self._sharding)
         return jax.lax.with_sharding_constraint(x, self._sharding)
 

@@ -119,12 +119,7 @@ def _cifar_files(root: Path, folder: str, archive: str, meta: str):
             yield candidate, member_bytes
             return
         if candidate.is_file():
-            try:
-                tar = tarfile.open(candidate)
-            except (OSError, EOFError, tarfile.TarError, zlib.error) as e:
-                raise DataError(f"{candidate} is not a readable tar archive ({type(e).__name__}: {e}; a truncated "
-                                f"or wrong download?): download {CIFAR_URL}{archive} again") from e
-            with tar:
+            with _open_tar(candidate, archive) as tar:
                 def member_bytes(member, tar=tar, candidate=candidate):
                     try:
                         return tar.extractfile(f"{folder}/{member}").read()
@@ -139,6 +134,14 @@ def _cifar_files(root: Path, folder: str, archive: str, meta: str):
             return
     raise DataError(f"CIFAR files not found: looked for {root / folder / meta}, {root / meta} and {root / archive}. "
                     f"Download {CIFAR_URL}{archive} and pass path=DIR holding it (or its extracted folder).")
+
+
+def _open_tar(path: Path, archive: str) -> tarfile.TarFile:
+    try:
+        return tarfile.open(path)
+    except (OSError, EOFError, tarfile.TarError, zlib.error) as e:
+        raise DataError(f"{path} is not a readable tar archive ({type(e).__name__}: {e}; a truncated "
+                        f"or wrong download?): download {CIFAR_URL}{archive} again") from e
 
 
 register_source("cifar", read, validate=validate, description="a CIFAR python archive")

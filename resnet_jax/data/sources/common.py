@@ -56,7 +56,7 @@ class Stream(Protocol):
         """uint8 NHWC batches of (the first STATS_SAMPLE) train images, for the normalisation statistics."""
 
     def train_batches(self, epoch: int, start_step: int) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
-        """(this process's images, labels, step) for steps start_step.. of `epoch`, a function of (seed, epoch, step)."""
+        """(this process's images, labels, step) for steps start_step.. of `epoch`: a function of seed, epoch, step."""
 
     def eval_batches(self, split: str) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """(this process's images, labels, mask) covering `split` once; padding has mask 0."""
@@ -106,8 +106,8 @@ def check_path(config: ml_collections.ConfigDict, directory: str | None = None) 
 def check_num_classes(config: ml_collections.ConfigDict, class_names: list[str], origin: str) -> None:
     """data.num_classes, when set, must be the number of classes the data has."""
     if config.num_classes and config.num_classes != len(class_names):
-        raise DataError(f"data.num_classes={config.num_classes} but the data ({origin}) has {len(class_names)} classes; "
-                        "set data.num_classes=0 to take it from the data")
+        raise DataError(f"data.num_classes={config.num_classes} but the data ({origin}) has {len(class_names)} "
+                        "classes; set data.num_classes=0 to take it from the data")
 
 
 def check_labels(labels: np.ndarray, num_classes: int, where: str, fix: str) -> None:

@@ -66,7 +66,8 @@ def read(config: ml_collections.ConfigDict):
     if None in files.values():
         looked = [str(root / _file_name(p, k)) + "[.gz]" for p in STEMS.values() for k in ("images", "labels")]
         hint = {"fashion_mnist": " (install Debian's dataset-fashion-mnist)",
-                "mnist": " (download them from https://storage.googleapis.com/cvdf-datasets/mnist/)"}.get(config.name, "")
+                "mnist": " (download them from https://storage.googleapis.com/cvdf-datasets/mnist/)"}
+        hint = hint.get(config.name, "")
         raise DataError(f"IDX files for {config.name!r} not found: looked for {', '.join(looked)}. "
                         f"Pass path=DIR with these files{hint}.")
     class_names = CLASS_NAMES.get(config.name) or [str(i) for i in range(config.num_classes)]
