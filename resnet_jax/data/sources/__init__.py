@@ -23,6 +23,9 @@ def load_dataset(config: ml_collections.ConfigDict) -> Dataset:
     check_num_classes(config, class_names, origin)
     if "val" in splits and config.val_size:
         raise DataError(f"{origin} already has a val split; set val_size=0 or remove it")
+    if (config.classes or config.train_per_class) and splits["train"][1].ndim != 1:
+        raise DataError(f"data.classes and data.train_per_class select examples by their integer label, but {origin} "
+                        "has soft labels: leave them at () and 0")
     if config.classes:
         splits, class_names = select_classes(splits, class_names, config.classes)
     ranges = split_ranges(len(splits["train"][1]), config.val_size, config.train_subset)
