@@ -9,8 +9,10 @@ import optax
 import pytest
 
 from resnet_jax import losses
-from resnet_jax.data import default_config, make_pipeline, register_augmentation, validate_config
+from resnet_jax.data import (DataError, default_config, load_dataset, make_pipeline, register_augmentation,
+                             register_source, validate_config)
 from resnet_jax.data.augment import AUGMENTATIONS
+from resnet_jax.data.sources import SOURCES
 from resnet_jax.metrics import read_metrics
 from resnet_jax.train import train_and_evaluate
 from tests.test_data import mesh, tiny_dataset
@@ -142,6 +144,29 @@ def test_mixup_gives_soft_labels_that_train_and_are_counted(tmp_path, learnable_
     record = train_and_evaluate(config, tmp_path / "mixup")
     assert np.isfinite(record["val/loss"]) and 0 <= record["val/accuracy"] <= 1
     assert all(np.isfinite(e["train/loss"]) for e in read_metrics(tmp_path / "mixup") if "train/loss" in e)
+
+
+def test_a_source_may_give_soft_labels_and_they_reach_train_and_eval_batches():
+    rng = np.random.default_rng(0)
+    soft = rng.dirichlet((1, 1, 1), 13).astype(np.float32)
+    images = rng.integers(0, 256, (13, 6, 6, 1), dtype=np.uint8)
+    splits = {"train": (images[:10], soft[:10]), "test": (images[10:], soft[10:])}
+    register_source("soft_for_test", lambda config: (splits, ["a", "b", "c"], "soft labels in memory"))
+    try:
+        c = default_config()
+        c.update(name="soft", source="soft_for_test", val_size=2, eval_batch_size=4)
+        validate_config(c)
+        pipeline = make_pipeline(c, 4, mesh(), 0)
+        train = next(pipeline.train_batches(0))["label"]
+        assert train.shape == (4, 3) and {tuple(row) for row in np.asarray(train)} <= {tuple(row) for row in soft[:8]}
+        batches = list(pipeline.eval_batches("test"))  # 3 examples in a batch of 4: one padded, masked out
+        np.testing.assert_array_equal(np.asarray(batches[0]["label"])[:3], soft[10:])
+        assert np.asarray(batches[0]["mask"]).tolist() == [1, 1, 1, 0]
+        c.classes = (0, 1)
+        with pytest.raises(DataError, match="select examples by their integer label, but soft labels in memory has"):
+            load_dataset(c)
+    finally:
+        del SOURCES["soft_for_test"]
 
 
 def smoothed_cross_entropy_by_hand(logits, targets, smoothing):

@@ -20,6 +20,7 @@ __all__ = ["SOURCES", "DataError", "Dataset", "Source", "Stream", "load_dataset"
 def load_dataset(config: ml_collections.ConfigDict) -> Dataset:
     """Every split of the dataset a validated data config names, from its source, with val carved from train."""
     splits, class_names, origin = SOURCES[config.source].read(config)
+    splits = dict(splits)  # the source's own dict stays as it gave it
     check_num_classes(config, class_names, origin)
     if "val" in splits and config.val_size:
         raise DataError(f"{origin} already has a val split; set val_size=0 or remove it")
