@@ -41,6 +41,8 @@ Transform = Callable[[jax.Array, jax.Array, jax.Array, Context], tuple[jax.Array
 
 @dataclasses.dataclass(frozen=True)
 class Augmentation:
+    """A registered transform; per_example: vmapped over the examples with their keys, else given the whole batch."""
+
     fn: Transform
     per_example: bool = True
 
