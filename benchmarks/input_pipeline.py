@@ -58,7 +58,8 @@ def measure_pipeline(pipeline: Pipeline, steps: int) -> float:
 def fashion_mnist_data() -> ml_collections.ConfigDict:
     """The data config of real Fashion-MNIST (Debian's IDX files) as the model sees it: 32x32x3, crop_flip."""
     data = default_config()
-    data.update(name="fashion_mnist", source="idx", path=FASHION_MNIST, pad_to_32=True, channels=3, augment="crop_flip")
+    data.update(name="fashion_mnist", source="idx", path=FASHION_MNIST, pad_to_32=True, channels=3,
+                augment=("crop", "flip"))
     return data
 
 
@@ -66,7 +67,7 @@ def cases() -> dict[str, tuple]:
     """name -> (config, dataset or None to read it as config says)."""
     fashion = fashion_mnist_data()
     cifar = default_config()
-    cifar.update(name="cifar_shaped_random", augment="crop_flip")
+    cifar.update(name="cifar_shaped_random", augment=("crop", "flip"))
     rng = np.random.default_rng(0)
     random_cifar = Dataset("cifar_shaped_random",
                            {"train": (rng.integers(0, 256, (50_000, 32, 32, 3), dtype=np.uint8),

@@ -6,7 +6,7 @@ The folder is synthetic (written once, then reused): 500x375 / 375x500 JPEGs at 
 Three figures per worker count, measured in turn, repeat by repeat, so that load from other work hits them alike:
 
   - decode: PIL decode + crop + resize alone (imagenet.load_crop on a thread pool): what a core gives the GPU;
-  - pipeline: the whole streamed folder pipeline (resnet_jax.data, augment='inception_crop_flip'), global batches
+  - pipeline: the whole streamed folder pipeline (resnet_jax.data, augment=('inception_crop', 'flip')), global batches
     ready on the device (here the CPU also runs the flips and normalisation that a GPU would);
   - tf.data: tf.image.decode_and_crop_jpeg on the same files and boxes (where TensorFlow is installed), for the
     decode-speed comparison behind the README's choice.
@@ -137,7 +137,7 @@ def main() -> None:
     for workers in args.workers:
         c = default_config()
         c.update(name="synthetic_jpegs", source="folder", path=str(args.folder), image_size=SIZE,
-                 augment="inception_crop_flip", eval_crop=0.875, normalize="imagenet", workers=workers)
+                 augment=("inception_crop", "flip"), eval_crop=0.875, normalize="imagenet", workers=workers)
         pipelines[workers] = make_pipeline(c, args.batch_size, mesh, seed=0)
         measure_pipeline(pipelines[workers], 1)  # compile the batch functions outside the timing
     cases = [(kind, w) for w in args.workers for kind in ("decode", "pipeline") + ("tf.data",) * has_tf]

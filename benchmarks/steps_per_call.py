@@ -44,7 +44,7 @@ def measure(model_name: str, batch_size: int, steps_per_call: int, repeats: int,
     `model_name`, in interleaved repeats of about `repeat_s` seconds (a multiple of steps_per_call steps each).
     No repeat starts after `deadline` (time.perf_counter()), except the first."""
     config = default_config()
-    config.data.update(name=dataset.name, augment="crop_flip")
+    config.data.update(name=dataset.name, augment=("crop", "flip"))
     mesh = jax.make_mesh((jax.device_count(),), ("data",))
     pipeline = make_pipeline(config.data, batch_size, mesh, config.seed, dataset=dataset)
     model = create_model(model_name, pipeline.num_classes)

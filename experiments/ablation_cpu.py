@@ -26,7 +26,7 @@ def get_config(model: str = "resnet20"):
     c = paper_config(model)
     c.model.widths = (8, 16, 32)
     c.data.update(name="fashion_mnist", source="idx", path="/usr/share/datasets/fashion-mnist", train_subset=10_000,
-                  val_size=1000, image_size=14, augment="none", normalize="channel")
+                  val_size=1000, image_size=14, augment=(), normalize="channel")
     c.num_steps = 468  # 6 epochs of 78 iterations
     c.schedule.boundaries = (234, 351)
     c.log_every_steps = 10

@@ -26,7 +26,7 @@ def get_grid() -> dict[str, list]:
 def get_config(model: str = "resnet20"):
     c = paper_config(model)
     c.data.update(name="fashion_mnist", source="idx", path="/usr/share/datasets/fashion-mnist", val_size=5000,
-                  pad_to_32=True, channels=3, augment="crop_flip", normalize="channel")
+                  pad_to_32=True, channels=3, augment=("crop", "flip"), normalize="channel")
     c.num_steps = 2000
     c.schedule.boundaries = (1000, 1500)
     c.log_every_steps = 20

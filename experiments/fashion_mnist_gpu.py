@@ -31,7 +31,7 @@ def get_config(preset: str = "gpu"):
     c = default_config()
     c.model.update(name="resnet14", widths=(64, 128, 256), version="v2", shortcut="B", dtype="bfloat16")
     c.data.update(name="fashion_mnist", source="idx", path="/usr/share/datasets/fashion-mnist", val_size=0,
-                  pad_to_32=True, channels=3, augment="crop_flip", normalize="channel")
+                  pad_to_32=True, channels=3, augment=("crop", "flip"), normalize="channel")
     c.batch_size = 512
     c.num_epochs = 40
     c.optimizer.update(name="sgd", learning_rate=0.4, momentum=0.9, nesterov=True, weight_decay=5e-4)

@@ -39,7 +39,7 @@ def imagenet_data(source: str) -> ml_collections.ConfigDict:
     data.name = "imagenet2012"
     data.source = source
     data.image_size = 224
-    data.augment = "inception_crop_flip"
+    data.augment = ("inception_crop", "flip")
     data.eval_crop = 224 / 256
     data.normalize = "imagenet"
     data.in_memory = False

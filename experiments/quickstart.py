@@ -18,7 +18,7 @@ def get_config():
     c.data.source = "idx"
     c.data.path = "/usr/share/datasets/fashion-mnist"
     c.data.val_size = 5000
-    c.data.augment = "flip"
+    c.data.augment = ("flip",)
     c.data.normalize = "channel"
     c.batch_size = 128
     c.num_epochs = 4

@@ -35,7 +35,7 @@ def base_config():
     c = default_config()
     c.model.update(name="resnet8", widths=(16, 32, 64))
     c.data.update(name="fashion_mnist", source="idx", path="/usr/share/datasets/fashion-mnist", image_size=14,
-                  augment="none", normalize="none")
+                  augment=(), normalize="none")
     c.optimizer.update(name="adam", learning_rate=1e-3, weight_decay=0.0)
     c.schedule.update(name="cosine", warmup=0.0)
     c.checkpoint_keep = 1

@@ -25,7 +25,7 @@ def get_config(variant: str = "scratch"):
     c = default_config()
     c.model.update(name="resnet50", head_dropout=0.7)
     c.data.update(name="signs", source="folder", path="data/signs", image_size=64, normalize="channel",
-                  augment="none")
+                  augment=())
     c.optimizer.update(name="adam", learning_rate=1e-3, eps=1e-7, weight_decay=0.0)
     c.schedule.name = "constant"
     c.batch_size = 32

@@ -36,7 +36,7 @@ def get_config(weights: str = "keras"):
     c.init_from.update(format=weights, path=str(default_cache_dir() / filename), url=url)
     c.transfer.update(freeze_stages=-1, cache_features=True)
     c.data.update(name="mnist", source="idx", path="data/mnist", val_size=2000, pad_to_32=True, channels=3,
-                  normalize="none", augment="none")
+                  normalize="none", augment=())
     c.optimizer.update(name="adam", learning_rate=1e-3, eps=1e-7, weight_decay=0.0)
     c.schedule.name = "constant"
     c.batch_size = 64

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from resnet_jax.losses import cross_entropy
 
 Params = Mapping[str, Any]
-Batch = Mapping[str, jax.Array]  # {'image': (N, H, W, C) floats, 'label': (N,) ints}
+Batch = Mapping[str, jax.Array]  # {'image': (N, H, W, C) floats, 'label': (N,) ints or (N, C) soft labels}
 LossFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 STEM_LAYERS = ("stem_conv", "stem_norm")  # forward order; the stem's output is the last one present

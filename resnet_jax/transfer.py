@@ -125,8 +125,8 @@ def configure(config: ml_collections.ConfigDict, model: ResNet, pipeline: Pipeli
         if frozen < num_stages(model):
             problems.append(f"the whole backbone frozen (transfer.freeze_stages=-1; it freezes {frozen} of "
                             f"{num_stages(model)} stages)")
-        if config.data.augment != "none":
-            problems.append(f"no augmentation (data.augment='none'; it is {config.data.augment!r}): each epoch would "
+        if config.data.augment:
+            problems.append(f"no augmentation (data.augment=(); it is {tuple(config.data.augment)!r}): each epoch would "
                             "see other images than the stored features")
         if not hasattr(pipeline, "train_order"):
             problems.append("the dataset in memory (it is streamed: set data.in_memory=True if it fits)")

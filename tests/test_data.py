@@ -18,9 +18,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from resnet_jax import config as config_lib
 from resnet_jax.data import DataError, Dataset, augment, default_config, load_dataset, make_pipeline, sources
 from resnet_jax.data import __main__ as data_main
-from resnet_jax.data.sources import CIFAR, CLASS_NAMES, validate_config
+from resnet_jax.data.config import upgrade_data, validate_config
+from resnet_jax.data.sources.cifar import CIFAR
+from resnet_jax.data.sources.idx import CLASS_NAMES
 
 RNG = np.random.default_rng(0)
 
@@ -113,7 +116,7 @@ def test_idx_labels_outside_the_classes_name_the_file_and_the_fix(idx_dir, write
 def test_idx_of_an_unknown_name_needs_num_classes(idx_dir):
     path, arrays = idx_dir
     with pytest.raises(ValueError, match="data.name='kmnist' is not one of mnist, fashion_mnist: set data.num_classes"):
-        load_dataset(config(name="kmnist", source="idx", path=str(path)))
+        validate_config(config(name="kmnist", source="idx", path=str(path)))
     data = load_dataset(config(name="kmnist", source="idx", path=str(path), num_classes=10))
     assert data.num_classes == 10 and data.class_names == [str(i) for i in range(10)]
     top = int(max(arrays["train"][1].max(), arrays["t10k"][1].max()))
@@ -124,7 +127,8 @@ def test_idx_of_an_unknown_name_needs_num_classes(idx_dir):
 
 
 @pytest.mark.parametrize("test_images, test_labels, message", [
-    (np.zeros((3, 28, 28), np.uint8), np.zeros(2, np.uint8), r"\(3, 28, 28\) and .* \(2,\) are not N images with N labels"),
+    (np.zeros((3, 28, 28), np.uint8), np.zeros(2, np.uint8),
+     r"\(3, 28, 28\) and .* \(2,\) are not N images with N labels"),
     (np.zeros((0, 28, 28), np.uint8), np.zeros(0, np.uint8), "the test split of IDX files in .* holds no images"),
     (np.zeros((3, 32, 32), np.uint8), np.zeros(3, np.uint8), "hold images of different shapes.*set image_size=N"),
 ])
@@ -156,7 +160,9 @@ BAD_CONFIGS = [
     (dict(channels=2), r"data.channels=2 must be 0 \(keep\), 1 or 3"),
     (dict(pad_to_32=True, image_size=64), "data.pad_to_32 zero-pads .* data.image_size=64 makes them larger"),
     (dict(source="web"), "unknown data.source 'web'; choose one of tfds, idx, cifar, folder"),
-    (dict(augment="rotate"), "unknown data.augment 'rotate'; choose one of none, crop"),
+    (dict(augment=("flip", "rotate")), "unknown data.augment 'rotate'; choose among the registered augmentations crop"),
+    (dict(augment=("mixup", "flip")), r"batch augmentations \(mixup\) mix examples .* after the per-example ones"),
+    (dict(mixup_alpha=0.0), "data.mixup_alpha=0.0 must be > 0"),
     (dict(normalize="zscore"), "unknown data.normalize 'zscore'; choose one of channel, pixel_mean, imagenet, none"),
     (dict(in_memory="yes"), "unknown data.in_memory 'yes'"),
     (dict(in_memory=False), "in_memory=False streams from tfds or an image folder; source='idx' is read into memory"),
@@ -175,6 +181,7 @@ BAD_CONFIGS = [
 @pytest.mark.parametrize("overrides, message", BAD_CONFIGS,
                          ids=[",".join(f"{k}={v}" for k, v in o.items()) for o, _ in BAD_CONFIGS])
 def test_bad_data_configs_fail_before_anything_is_read(idx_dir, monkeypatch, overrides, message):
+    """By validate_config, which the run's one validation (resnet_jax.config.validate) calls."""
     path, _ = idx_dir
     c = config(name="fashion_mnist", source="idx", path=str(path))
     c.update(overrides)
@@ -182,27 +189,39 @@ def test_bad_data_configs_fail_before_anything_is_read(idx_dir, monkeypatch, ove
     def no_reading(*args):
         raise AssertionError("a file was read before the config was checked")
 
-    monkeypatch.setattr(sources, "read_idx", no_reading)
-    monkeypatch.setattr(sources, "open_tfds", no_reading)
-    for check in (validate_config, load_dataset, lambda c: make_pipeline(c, 8, mesh(), 0)):
-        with pytest.raises(ValueError, match=message):
-            check(c)
+    monkeypatch.setattr(sources.idx, "read_idx", no_reading)
+    monkeypatch.setattr(sources.tfds, "open_tfds", no_reading)
+    with pytest.raises(ValueError, match=message):
+        validate_config(c)
+    run = config_lib.default_config()
+    run.data = c
+    with pytest.raises(config_lib.ConfigError, match=message):
+        config_lib.validate(run)
 
 
-def test_a_data_config_saved_before_num_classes_existed_still_loads(idx_dir):
-    """A run's config.json written before data.num_classes (evaluate reads it back): missing keys take defaults."""
+def test_a_data_config_saved_by_an_older_version_is_upgraded_and_loads(idx_dir):
+    """A run's config.json written before data.num_classes, with augment one name: upgrade_data gives the missing keys
+    their defaults and the name its list; without the upgrade, validation names the missing key."""
     path, _ = idx_dir
     saved = json.loads(config(name="fashion_mnist", source="idx", path=str(path)).to_json_best_effort())
     del saved["num_classes"]
-    old = ml_collections.ConfigDict(saved)
-    validate_config(old)
-    assert load_dataset(old).num_classes == make_pipeline(old, 4, mesh(), 0).num_classes == 10
+    with pytest.raises(ValueError, match="data key.s. num_classes missing.*upgrade_data"):
+        validate_config(ml_collections.ConfigDict(saved))
+    for old, new in (("crop_flip", ("crop", "flip")), ("none", ()), ("shift_flip", ("shift", "flip")),
+                     ("inception_crop_flip", ("inception_crop", "flip")), (["flip"], ("flip",))):
+        assert upgrade_data(saved | {"augment": old})["augment"] == new
+    upgraded = ml_collections.ConfigDict(upgrade_data(saved | {"augment": "crop_flip"}))
+    validate_config(upgraded)
+    assert upgraded.augment == ("crop", "flip") and upgraded.num_classes == 0
+    assert load_dataset(upgraded).num_classes == make_pipeline(upgraded, 4, mesh(), 0).num_classes == 10
+    with pytest.raises(ValueError, match=r"data.augment='crop_flip' is one name; list the augmentations in order"):
+        validate_config(ml_collections.ConfigDict(saved | {"num_classes": 0, "augment": "crop_flip"}))
 
 
 def test_a_file_given_for_a_directory(idx_dir):
     path, _ = idx_dir
     with pytest.raises(DataError, match="is a file; source='folder' reads a directory laid out as path/train"):
-        load_dataset(config(name="signs", source="folder", path=str(path / "t10k-images-idx3-ubyte")))
+        validate_config(config(name="signs", source="folder", path=str(path / "t10k-images-idx3-ubyte")))
 
 
 def test_cli_describes_the_data_and_draws_the_grid(idx_dir, tmp_path, capsys):
@@ -229,7 +248,7 @@ def test_missing_files_say_where_they_were_looked_for(tmp_path):
     with pytest.raises(DataError, match="cifar-10-python.tar.gz"):
         load_dataset(config(name="cifar10", source="cifar", path=str(tmp_path)))
     with pytest.raises(DataError, match="path/train/<class>"):
-        load_dataset(config(name="signs", source="folder"))
+        validate_config(config(name="signs", source="folder"))
 
 
 def test_unknown_tfds_dataset():
@@ -256,7 +275,8 @@ class Py2Pickler(pickle._Pickler):
 
     def save_bytes(self, obj):
         n = len(obj)
-        self.write(pickle.SHORT_BINSTRING + bytes([n]) + obj if n < 256 else pickle.BINSTRING + struct.pack("<i", n) + obj)
+        header = pickle.SHORT_BINSTRING + bytes([n]) if n < 256 else pickle.BINSTRING + struct.pack("<i", n)
+        self.write(header + obj)
         self.memoize(obj)
 
     def save_str(self, obj):
@@ -445,7 +465,7 @@ def test_resize_is_within_one_grey_level_of_tf_image(tmp_path):
     import tensorflow as tf
     for shape, size in (((28, 28, 1), 32), ((32, 32, 3), 24), ((75, 100, 3), 32), ((40, 60, 3), 64)):
         image = RNG.integers(0, 256, shape, dtype=np.uint8)
-        ours, theirs = sources.resize_image(image, size), sources.resize(tf.constant(image), size).numpy()
+        ours, theirs = sources.common.resize_image(image, size), sources.tfds.resize(tf.constant(image), size).numpy()
         assert ours.shape == theirs.shape == (size, size, shape[-1])
         difference = np.abs(ours.astype(int) - theirs)
         assert difference.max() <= 1 and difference.mean() < 0.05, (shape, size, difference.mean())
@@ -518,7 +538,7 @@ def test_tfds_in_memory_and_streamed_under_mock_data(tmp_path):
         assert data.num_classes == 10 and "tfds fashion_mnist" in data.origin
         assert "streamed" not in make_pipeline(config(name="fashion_mnist"), 8, mesh(), 0).origin
 
-        c = config(name="fashion_mnist", in_memory=False, pad_to_32=True, channels=3, augment="crop_flip",
+        c = config(name="fashion_mnist", in_memory=False, pad_to_32=True, channels=3, augment=("crop", "flip"),
                    eval_batch_size=10)
         pipeline = make_pipeline(c, 8, mesh(), seed=0)
         assert pipeline.origin.endswith("streamed") and pipeline.steps_per_epoch == n // 8
@@ -532,11 +552,16 @@ def test_tfds_in_memory_and_streamed_under_mock_data(tmp_path):
         assert len(masks) == 3 and sum(m.sum() for m in masks) == n and masks[-1][-6:].sum() == 0
 
 
+def augmented(images, keys, names):
+    labels = np.zeros(len(images), np.int32)
+    return np.asarray(augment.augment(images, labels, keys, None, names, augment.Context(10, default_config()))[0])
+
+
 def test_crop_is_a_window_of_the_zero_padded_image():
     images = RNG.integers(1, 256, (16, 8, 8, 2), dtype=np.uint8)  # no zeros: padding is recognisable
-    cropped = np.asarray(augment.augment(images, jax.random.split(jax.random.key(0), 16), "crop"))
+    cropped = augmented(images, jax.random.split(jax.random.key(0), 16), ("crop",))
     offsets = []
-    for image, crop in zip(images, cropped):
+    for image, crop in zip(images, cropped, strict=True):
         padded = np.pad(image, ((4, 4), (4, 4), (0, 0)))
         found = [(dy, dx) for dy in range(9) for dx in range(9) if (padded[dy:dy + 8, dx:dx + 8] == crop).all()]
         assert len(found) == 1
@@ -546,9 +571,9 @@ def test_crop_is_a_window_of_the_zero_padded_image():
 
 def test_shift_fills_with_the_nearest_pixel():
     images = RNG.integers(0, 256, (16, 20, 20, 1), dtype=np.uint8)  # shifts of up to 10% = 2 pixels
-    shifted = np.asarray(augment.augment(images, jax.random.split(jax.random.key(1), 16), "shift"))
+    shifted = augmented(images, jax.random.split(jax.random.key(1), 16), ("shift",))
     shifts = []
-    for image, out in zip(images, shifted):
+    for image, out in zip(images, shifted, strict=True):
         edge = np.pad(image, ((2, 2), (2, 2), (0, 0)), mode="edge")
         shifts += [(dy, dx) for dy in range(5) for dx in range(5) if (edge[dy:dy + 20, dx:dx + 20] == out).all()]
     assert len(shifts) == 16 and len(set(shifts)) > 1
@@ -557,16 +582,16 @@ def test_shift_fills_with_the_nearest_pixel():
 def test_flip_mirrors_half_and_twice_is_identity():
     images = RNG.integers(0, 256, (32, 6, 6, 3), dtype=np.uint8)
     keys = jax.random.split(jax.random.key(2), 32)
-    flipped = np.asarray(augment.augment(images, keys, "flip"))
-    mirrored = [(out == image[:, ::-1]).all() for image, out in zip(images, flipped)]
-    assert all(m or (out == image).all() for m, image, out in zip(mirrored, images, flipped))
+    flipped = augmented(images, keys, ("flip",))
+    mirrored = [(out == image[:, ::-1]).all() for image, out in zip(images, flipped, strict=True)]
+    assert all(m or (out == image).all() for m, image, out in zip(mirrored, images, flipped, strict=True))
     assert 0 < sum(mirrored) < 32
-    np.testing.assert_array_equal(augment.augment(flipped, keys, "flip"), images)
+    np.testing.assert_array_equal(augmented(flipped, keys, ("flip",)), images)
 
 
 @pytest.fixture(scope="module")
 def tiny_pipeline():
-    c = config(pad_to_32=True, channels=3, augment="crop_flip", eval_batch_size=5)
+    c = config(pad_to_32=True, channels=3, augment=("crop", "flip"), eval_batch_size=5)
     data = tiny_dataset(one_train_image=True)
     return make_pipeline(c, 8, mesh(), seed=3, dataset=data), data, c
 
@@ -582,7 +607,7 @@ def test_train_batches_are_a_function_of_seed_epoch_step(tiny_pipeline):
     assert len(set(labels.tolist())) == 40  # a permutation: every example once
 
     again = list(pipeline.train_batches(0, start_step=3))
-    for a, b in zip(again, epoch[3:]):
+    for a, b in zip(again, epoch[3:], strict=True):
         np.testing.assert_array_equal(a["image"], b["image"])
     assert not np.array_equal(epoch[1]["image"], epoch[2]["image"])  # same images, other augmentation
     other_epoch = list(pipeline.train_batches(1))
@@ -624,9 +649,9 @@ def test_normalization_and_images_paired_with_labels(normalize):
 def test_config_errors():
     data = tiny_dataset()
     with pytest.raises(ValueError, match="unknown data.augment 'rotate'"):
-        make_pipeline(config(augment="rotate"), 8, mesh(), 0, dataset=data)
+        validate_config(config(augment=("rotate",)))
     with pytest.raises(ValueError, match="in_memory=False streams from tfds"):
-        make_pipeline(config(source="idx", in_memory=False), 8, mesh(), 0)
+        validate_config(config(source="idx", in_memory=False))
     with pytest.raises(ValueError, match="pad_to_32 .* 40x40"):
         make_pipeline(config(pad_to_32=True), 8, mesh(), 0, dataset=tiny_dataset(shape=(40, 40, 1)))
     with pytest.raises(ValueError, match="fewer than one batch"):
@@ -637,7 +662,7 @@ MULTI_DEVICE = """
 import jax, numpy as np
 from tests.test_data import config, tiny_dataset
 from resnet_jax.data import make_pipeline
-data, c = tiny_dataset(), config(pad_to_32=True, channels=3, augment="shift_flip")
+data, c = tiny_dataset(), config(pad_to_32=True, channels=3, augment=("shift", "flip"))
 two = jax.make_mesh((2,), ("data",))
 for batch_size, eval_batch_size in ((7, 0), (8, 5)):
     try:
@@ -650,6 +675,10 @@ assert [s.data.shape for s in batch["image"].addressable_shards] == [(4, 32, 32,
 one = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
 alone = next(make_pipeline(c, 8, one, 0, dataset=data).train_batches(2, start_step=1))
 np.testing.assert_array_equal(batch["image"], alone["image"])  # batches do not depend on the device count
+c.augment = ("shift", "flip", "mixup")  # mixup pairs examples across the devices' parts of the global batch
+mixed, mixed_alone = (next(make_pipeline(c, 8, m, 0, dataset=data).train_batches(2, start_step=1)) for m in (two, one))
+np.testing.assert_array_equal(mixed["image"], mixed_alone["image"])
+np.testing.assert_array_equal(mixed["label"], mixed_alone["label"])
 print("ok")
 """
 

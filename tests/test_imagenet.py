@@ -9,8 +9,9 @@ import pytest
 from PIL import Image
 
 from resnet_jax import optim
-from resnet_jax.data import default_config, imagenet, make_pipeline, validate_config
-from resnet_jax.data import pipeline as pipeline_lib
+from resnet_jax.data import DataError, default_config, imagenet, make_pipeline, validate_config
+from resnet_jax.data.sources import common
+from resnet_jax.data.sources import folder as folder_source
 
 RNG = np.random.default_rng(0)
 CLASSES = ("n01", "n02", "n03")  # class k's images are dominated by colour channel k, so labels can be read back
@@ -39,7 +40,7 @@ def imagenet_folder(tmp_path_factory):
 
 def folder_config(root, **overrides):
     c = default_config()
-    c.update(name="tiny_imagenet", source="folder", path=str(root), image_size=16, augment="inception_crop_flip",
+    c.update(name="tiny_imagenet", source="folder", path=str(root), image_size=16, augment=("inception_crop", "flip"),
              eval_crop=0.875, normalize="none", workers=2)
     c.update(overrides)
     return c
@@ -52,7 +53,7 @@ def mesh():
 def within_rounding(box, height, width):
     """The box's area fraction and aspect are in range up to the rounding of its sides to whole pixels."""
     top, left, h, w = box
-    assert 0 <= top and top + h <= height and 0 <= left and left + w <= width, box
+    assert top >= 0 and top + h <= height and left >= 0 and left + w <= width, box
     lo, hi = imagenet.CROP_ASPECT
     assert (w + 0.5) / (h - 0.5) >= lo and (w - 0.5) / (h + 0.5) <= hi, box
     assert (w + 0.5) * (h + 0.5) >= imagenet.CROP_AREA[0] * height * width, box
@@ -83,7 +84,7 @@ def test_random_resized_crop_falls_back_to_the_centred_clamped_crop():
     boxes = [imagenet.random_resized_crop_box(224, 1000, imagenet.example_uniforms(1, 0, i)) for i in range(500)]
     fallback = [b.tolist() == [0, 350, 224, 299] for b in boxes]
     assert 0 < sum(fallback) < 250
-    for box, fell_back in zip(boxes, fallback):
+    for box, fell_back in zip(boxes, fallback, strict=True):
         if not fell_back:
             within_rounding(box, 224, 1000)
     first_fit = np.array([[0.5, 0.5, 0.0, 0.999]] * imagenet.ATTEMPTS)  # 54% of the area, square, top right
@@ -134,9 +135,12 @@ def test_tf_crop_matches_the_pil_crop(tmp_path):
     path = write_jpeg(tmp_path / "a.jpg", class_image(2, 90, 120))
     feature = tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg")
     for box in ([10, 20, 60, 50], [0, 0, 90, 120], [30, 5, 11, 40]):
-        ours = imagenet.load_crop(path, lambda h, w: np.array(box), 24).astype(np.float64)
-        theirs = imagenet.tf_crop(tf.constant(path.read_bytes()), feature, lambda h, w, i: np.array(box, np.int32),
-                                  tf.constant(0, tf.int64), 24).numpy()
+        ours = imagenet.load_crop(path, lambda h, w, box=box: np.array(box), 24).astype(np.float64)
+
+        def box_fn(h, w, i, box=box):
+            return np.array(box, np.int32)
+
+        theirs = imagenet.tf_crop(tf.constant(path.read_bytes()), feature, box_fn, tf.constant(0, tf.int64), 24).numpy()
         assert theirs.shape == (24, 24, 3) and np.abs(ours - theirs).mean() < 2.0, box
 
 
@@ -149,7 +153,7 @@ def test_tfds_imagenet_streams_crops_and_resumes_exactly(tmp_path, monkeypatch):
     write_tfds_metadata(tmp_path, "imagenet2012", 12, splits=("train", "validation"))
     with tfds.testing.mock_data(num_examples=12, policy=tfds.testing.MockPolicy.USE_FILES, data_dir=str(tmp_path)):
         c = default_config()
-        c.update(name="imagenet2012", source="tfds", image_size=16, augment="inception_crop_flip", eval_crop=0.875,
+        c.update(name="imagenet2012", source="tfds", image_size=16, augment=("inception_crop", "flip"), eval_crop=0.875,
                  normalize="imagenet", eval_batch_size=8)
         pipeline = make_pipeline(c, 4, mesh(), seed=0)
         assert pipeline.origin.endswith("streamed") and pipeline.image_shape == (16, 16, 3)
@@ -160,7 +164,7 @@ def test_tfds_imagenet_streams_crops_and_resumes_exactly(tmp_path, monkeypatch):
         monkeypatch.setattr(imagenet.Crops, "train_box", lambda *a: cropped.append(a) or train_box(*a))
         resumed = list(pipeline.train_batches(0, start_step=1))
         assert len(epoch) == 3 and len(resumed) == 2 and len(cropped) == 8
-        for a, b in zip(resumed, epoch[1:]):
+        for a, b in zip(resumed, epoch[1:], strict=True):
             np.testing.assert_array_equal(a["image"], b["image"])
             np.testing.assert_array_equal(a["label"], b["label"])
         masks = [b["mask"] for b in pipeline.eval_batches("test")]
@@ -200,7 +204,7 @@ def test_a_resumed_epoch_decodes_only_the_images_it_yields(folder_pipeline, monk
     assert len(list(folder_pipeline.train_batches(0, start_step=2))) == 1
     assert len(decoded) == 4
     next(folder_pipeline.train_batches(0))  # an abandoned iterator decodes at most the batches it prefetched
-    assert len(decoded) <= 4 + 4 * (1 + pipeline_lib.PREFETCH)
+    assert len(decoded) <= 4 + 4 * (1 + folder_source.PREFETCH)
 
 
 def test_streamed_folder_evaluates_every_example_once_with_the_centre_crop(imagenet_folder, folder_pipeline):
@@ -223,18 +227,18 @@ def test_a_broken_jpeg_in_a_streamed_folder_is_named(tmp_path):
     broken = tmp_path / "val" / "n01" / "cut.JPEG"
     broken.write_bytes(write_jpeg(tmp_path / "whole.jpg", class_image(0, 30, 40)).read_bytes()[:200])
     pipeline = make_pipeline(folder_config(tmp_path), 1, mesh(), seed=0)
-    with pytest.raises(pipeline_lib.DataError, match=f"{broken} could not be read as an image .*replace or remove it"):
+    with pytest.raises(DataError, match=f"{broken} could not be read as an image .*replace or remove it"):
         list(pipeline.eval_batches("val"))
 
 
 @pytest.mark.parametrize("processes", [1, 2, 4, 8])
 def test_each_process_reads_a_disjoint_part_and_together_the_whole_batch(processes):
     for step in range(3):
-        parts = [pipeline_lib.local_positions(step, 16, p, processes) for p in range(processes)]
+        parts = [common.local_positions(step, 16, p, processes) for p in range(processes)]
         assert all(len(part) == 16 // processes for part in parts)
         np.testing.assert_array_equal(np.concatenate(parts), np.arange(step * 16, (step + 1) * 16))
-    order = pipeline_lib.epoch_order(100, seed=0, epoch=3)
-    np.testing.assert_array_equal(order, pipeline_lib.epoch_order(100, seed=0, epoch=3))  # every process: the same
+    order = common.epoch_order(100, seed=0, epoch=3)
+    np.testing.assert_array_equal(order, common.epoch_order(100, seed=0, epoch=3))  # every process: the same
     assert sorted(order.tolist()) == list(range(100))
 
 
@@ -242,13 +246,15 @@ BAD = [
     (dict(eval_crop=0), r"data.eval_crop=0.0 must be a fraction in \(0, 1\]"),
     (dict(eval_crop=1.5), r"data.eval_crop=1.5 must be a fraction in \(0, 1\]"),
     (dict(workers=-2), "data.workers=-2 must be a whole number >= 0"),
-    (dict(source="idx", name="mnist", path=""), "augment='inception_crop_flip' and eval_crop=0.875 crops the full-size "
-                                                "images as they are streamed: use source='tfds' or 'folder'"),
+    (dict(source="idx", name="mnist", path=""),
+     r"augment=\('inception_crop', 'flip'\) and eval_crop=0.875 crops the full-size images as they are streamed: use "
+     "source='tfds' or 'folder'"),
     (dict(in_memory=True), "in_memory=True"),
     (dict(image_size=0), "needs data.image_size, the size of the crops"),
-    (dict(augment="flip", eval_crop=1.0, image_size=0, in_memory=False), "a streamed image folder needs data.image_size"),
-    (dict(source="cifar", name="cifar10", augment="flip", in_memory=False), "in_memory=False streams from tfds or an "
-                                                                            "image folder; source='cifar'"),
+    (dict(augment=("flip",), eval_crop=1.0, image_size=0, in_memory=False),
+     "a streamed image folder needs data.image_size"),
+    (dict(source="cifar", name="cifar10", augment=("flip",), in_memory=False),
+     "in_memory=False streams from tfds or an image folder; source='cifar'"),
 ]
 
 
@@ -321,7 +327,7 @@ def test_imagenet_recipe_trains_on_a_tiny_folder_and_a_mid_epoch_resume_ends_whe
     assert set(full) >= {"train_epoch/loss", "val/loss", "val/accuracy", "val/top5"}
     assert np.isfinite(full["val/loss"]) and full["val/top5"] == 1.0  # 3 classes: top-5 holds all of them
     saved = json.loads((tmp_path / "full" / "config.json").read_text())
-    assert saved["data"]["augment"] == "inception_crop_flip"
+    assert saved["data"]["augment"] == ["inception_crop", "flip"]
     assert saved["optimizer"]["learning_rate"] == pytest.approx(0.1 * 4 / 256)  # the rate followed the batch
 
     save = Checkpoints.save

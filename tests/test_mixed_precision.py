@@ -131,7 +131,7 @@ def test_float16_overflowing_step_is_skipped_halves_the_scale_and_growth_doubles
 def test_float16_run_logs_its_loss_scale_and_overflow_rate(tmp_path, learnable_idx_dir):
     config = default_config()
     config.model.update(name="resnet8", widths=(4, 8, 16), dtype="float16")
-    config.data.update(name="fashion_mnist", source="idx", path=str(learnable_idx_dir), val_size=64, augment="none")
+    config.data.update(name="fashion_mnist", source="idx", path=str(learnable_idx_dir), val_size=64, augment=())
     config.update(batch_size=64, num_steps=4, log_every_steps=2)
     train_and_evaluate(config, tmp_path)
     logged = [e for e in read_metrics(tmp_path) if "train/loss" in e]

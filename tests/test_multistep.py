@@ -21,7 +21,7 @@ def config_for(idx_dir, **overrides):
     before steps 0 and 12."""
     c = default_config()
     c.model.update(name="resnet8", widths=(4, 8, 16))
-    c.data.update(name="fashion_mnist", source="idx", path=str(idx_dir), val_size=64, image_size=16, augment="crop_flip")
+    c.data.update(name="fashion_mnist", source="idx", path=str(idx_dir), val_size=64, image_size=16, augment=("crop", "flip"))
     c.update(batch_size=16, num_steps=24, log_every_steps=8, checkpoint_every_steps=12, diagnostics_every_steps=12)
     c.optimizer.update(name="sgd", learning_rate=0.05, weight_decay=5e-4)
     c.schedule.update(name="cosine", warmup=0.25)

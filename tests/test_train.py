@@ -31,7 +31,7 @@ TINY = dict(name="resnet8", widths=(4, 8, 16))
 def tiny_config(idx_dir, **overrides):
     c = default_config()
     c.model.update(TINY)
-    c.data.update(name="fashion_mnist", source="idx", path=str(idx_dir), val_size=64, augment="flip")
+    c.data.update(name="fashion_mnist", source="idx", path=str(idx_dir), val_size=64, augment=("flip",))
     c.batch_size = 32
     c.num_epochs = 2
     c.optimizer.update(name="sgd", learning_rate=0.05, weight_decay=5e-4)

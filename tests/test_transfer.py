@@ -118,7 +118,7 @@ def source_run(tmp_path_factory, learnable_idx_dir):
 
 def transfer_config(idx_dir, source, **overrides):
     c = tiny_config(idx_dir, num_steps=12)
-    c.data.update(augment="none", classes=(1, 0))  # the labels swapped: the fresh head has to learn them
+    c.data.update(augment=(), classes=(1, 0))  # the labels swapped: the fresh head has to learn them
     c.init_from.update(format="checkpoint", path=str(source))
     c.transfer.freeze_stages = -1
     c.model.update(head_hidden=(8,), head_dropout=0.25)
@@ -171,7 +171,7 @@ def test_transfer_errors_say_what_to_fix(tmp_path, learnable_idx_dir, source_run
     fails(ValueError, r"keep_head=True, but the head of .* has shape \(16, 10\) and this model's \(8, 1\)",
           **{"init_from.keep_head": True, "data.classes": (0,)})
     fails(ValueError, "freeze_stages=5, but this 3-stage network has 4 stages", **{"transfer.freeze_stages": 5})
-    fails(ValueError, "cache_features needs no augmentation", **{"transfer.cache_features": True, "data.augment": "flip"})
+    fails(ValueError, "cache_features needs no augmentation", **{"transfer.cache_features": True, "data.augment": ("flip",)})
     fails(ValueError, r"cache_features needs the whole backbone frozen \(transfer.freeze_stages=-1; it freezes 2 of 4",
           **{"transfer.cache_features": True, "transfer.freeze_stages": 2})
 

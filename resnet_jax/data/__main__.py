@@ -7,8 +7,9 @@ import jax
 import numpy as np
 
 from resnet_jax.data import augment
+from resnet_jax.data.config import default_config, validate_config
 from resnet_jax.data.pipeline import model_image_shape, normalization
-from resnet_jax.data.sources import SOURCES, DataError, Dataset, default_config, load_dataset
+from resnet_jax.data.sources import SOURCES, DataError, Dataset, load_dataset
 
 GRID_CLASSES = 10  # rows of the grid at most
 
@@ -26,8 +27,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--pad-to-32", action="store_true", help="zero-pad 28x28 images to 32x32")
     parser.add_argument("--channels", type=int, default=0, help="3 = repeat a single channel to RGB")
     parser.add_argument("--image-size", type=int, default=0, help="resize to a square of this size")
-    parser.add_argument("--augment", default="crop_flip", help="augmentation shown in the grid (default crop_flip)",
-                        choices=[a for a in augment.AUGMENTATIONS if a not in augment.HOST_CROPS])  # on device only
+    parser.add_argument("--augment", default="crop,flip", type=lambda names: tuple(filter(None, names.split(","))),
+                        help="augmentations shown in the grid, comma-separated, on device only (default crop,flip; "
+                             f"registered: {', '.join(augment.AUGMENTATIONS)})")
     parser.add_argument("--grid", default="", help="save a PNG of samples per class, raw and augmented")
     parser.add_argument("--per-class", type=int, default=4, help="samples per class in the grid")
     parser.add_argument("--seed", type=int, default=0)
@@ -61,8 +63,11 @@ def save_grid(data: Dataset, config, path: str, per_class: int, seed: int) -> No
     classes = range(min(data.num_classes, GRID_CLASSES))
     picks = np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in classes])
     raw = augment.to_model_geometry(images[picks], config.pad_to_32, config.channels)
-    keys = jax.random.split(jax.random.key(seed), len(picks))
-    shown = {"raw": np.asarray(raw), config.augment: np.asarray(augment.augment(raw, keys, config.augment))}
+    key = jax.random.key(seed)
+    augmented, _ = augment.augment(raw, labels[picks], jax.random.split(key, len(picks)), key, config.augment,
+                                   augment.Context(data.num_classes, config))
+    name = "+".join(config.augment) or "none"
+    shown = {"raw": np.asarray(raw), name: np.asarray(augmented)}
     fig, axes = plt.subplots(len(classes), 2 * per_class, figsize=(2 * per_class * 0.9, len(classes) * 0.95),
                              squeeze=False)
     for ax in axes.flat:
@@ -78,7 +83,7 @@ def save_grid(data: Dataset, config, path: str, per_class: int, seed: int) -> No
         axes[row, 0].text(-0.1, 0.5, data.class_names[c], transform=axes[row, 0].transAxes, ha="right",
                           va="center", fontsize=7)
     shown_classes = f" (first {len(classes)} of {data.num_classes} classes)" if data.num_classes > len(classes) else ""
-    fig.suptitle(f"{data.name}: train samples, raw and {config.augment}{shown_classes}", fontsize=8)
+    fig.suptitle(f"{data.name}: train samples, raw and {name}{shown_classes}", fontsize=8)
     fig.savefig(path, dpi=120, bbox_inches="tight")
     print(f"grid:    {path}")
 
@@ -90,10 +95,13 @@ def main(argv=None) -> None:
                   num_classes=args.num_classes, val_size=args.val_size, train_subset=args.train_subset,
                   pad_to_32=args.pad_to_32, channels=args.channels, image_size=args.image_size, augment=args.augment)
     try:
+        if any(name in augment.HOST_CROPS for name in args.augment):
+            raise ValueError(f"--augment shows augmentations done on the device; {args.augment!r} names a host crop")
+        validate_config(config)
         data = load_dataset(config)
         describe(data, config)
     except (DataError, ValueError) as e:
-        raise SystemExit(f"error: {e}")
+        raise SystemExit(f"error: {e}") from None
     if args.grid:
         save_grid(data, config, args.grid, args.per_class, args.seed)
 

@@ -12,6 +12,7 @@ import math
 import numpy as np
 from PIL import Image
 
+INCEPTION_CROP = "inception_crop"  # its name in data.augment: the random-resized crop of streamed training images
 CROP_AREA = (0.08, 1.0)      # random-resized crop: fraction of the image's area (Szegedy et al. 2015; torchvision)
 CROP_ASPECT = (3 / 4, 4 / 3)  # and width / height, drawn log-uniformly
 ATTEMPTS = 10                 # boxes tried before falling back to a centred crop of the clamped aspect
