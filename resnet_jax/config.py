@@ -183,6 +183,9 @@ def upgrade(saved: dict) -> dict:
 
     The one place where old configs are upgraded: a section whose keys change adds its step here.
     """
+    saved = dict(saved)
+    if "data" in saved:
+        saved["data"] = data_lib.upgrade_data(saved["data"])
     return saved
 
 

@@ -14,7 +14,7 @@ from resnet_jax.data import (DataError, default_config, load_dataset, make_pipel
 from resnet_jax.data.augment import AUGMENTATIONS
 from resnet_jax.data.sources import SOURCES
 from resnet_jax.metrics import read_metrics
-from resnet_jax.train import train_and_evaluate
+from resnet_jax.loop import train_and_evaluate
 from tests.test_data import mesh, tiny_dataset
 from tests.test_train import run_cli, tiny_config
 
@@ -195,7 +195,7 @@ def test_label_smoothing_is_in_the_loss_for_integer_and_soft_labels(smoothing):
 def test_soft_labels_are_counted_in_an_eval_step():
     """eval_step's sums over a padded batch with one-hot labels equal those with the integer labels."""
     from resnet_jax import create_model
-    from resnet_jax.train import create_train_state, eval_step
+    from resnet_jax.steps import create_train_state, eval_step
 
     model = create_model("resnet8", 3, widths=(4, 8, 16))
     x = jax.random.normal(jax.random.key(0), (6, 8, 8, 1))
