@@ -202,8 +202,8 @@ def test_soft_labels_are_counted_in_an_eval_step():
     state = create_train_state(model.init(jax.random.key(1), x, train=False), optax.sgd(0.1))
     labels = np.array([0, 1, 2, 2, 1, 0])
     mask = np.array([1, 1, 1, 1, 0, 0], np.float32)
-    hard = eval_step(state, {"image": x, "label": labels, "mask": mask}, model)
-    soft = eval_step(state, {"image": x, "label": np.eye(3, dtype=np.float32)[labels], "mask": mask}, model)
+    hard = eval_step(state, {"image": x, "label": labels, "mask": mask}, model=model)
+    soft = eval_step(state, {"image": x, "label": np.eye(3, dtype=np.float32)[labels], "mask": mask}, model=model)
     for key in hard:
         assert float(hard[key]) == pytest.approx(float(soft[key]), rel=1e-6), key
     assert float(hard["count"]) == 4
