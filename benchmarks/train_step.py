@@ -41,6 +41,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -141,7 +142,7 @@ def jax_step_fn(model_name: str, num_classes: int = NUM_CLASSES, dtype: Any = jn
     """The Flax model, resnet_jax.train.train_step jitted with the state donated (and resnet_jax.xla_cpu's compiler
     options, as train.compile_steps does), and its optimizer. plain_conv: lax.conv_general_dilated instead of the
     model's default conv; xla_default_options: XLA's own defaults (both: the step before resnet_jax.xla_cpu)."""
-    overrides = {"conv_general_dilated": lax.conv_general_dilated} if plain_conv else {}
+    overrides = {"conv": nn.Conv} if plain_conv else {}
     model, tx = create_model(model_name, num_classes, dtype=dtype, param_dtype=param_dtype, **overrides), jax_optimizer()
     options = None if xla_default_options else xla_cpu.compiler_options(jax.devices()[0].platform)
     return model, jax.jit(partial(train_step, model=model, tx=tx), donate_argnums=0, compiler_options=options), tx
@@ -377,11 +378,11 @@ def check_equivalence(model_name: str, batch_size: int = 32, seed: int = 0) -> d
     images, labels = random_batch(Case(model_name, batch_size), seed + 1)
     y = torch.from_numpy(labels.astype(np.int64))
     model = create_model(model_name, NUM_CLASSES)
-    variables = randomise_norms(model.init(jax.random.key(seed), jnp.zeros((1, 32, 32, 3))), seed)
+    variables = randomise_norms(model.init(jax.random.key(seed), jnp.zeros((1, 32, 32, 3)), train=False), seed)
     tmodel = twin.create_model(model_name, NUM_CLASSES)
     twin.load_flax_variables(tmodel, variables)
     with torch.no_grad():
-        diffs = {"float32_eval_logits": rel_diff(model.apply(variables, images), tmodel.eval()(to_nchw(images)))}
+        diffs = {"float32_eval_logits": rel_diff(model.apply(variables, images, train=False), tmodel.eval()(to_nchw(images)))}
 
     with jax.enable_x64(True):
         model, step, tx = jax_step_fn(model_name, dtype=jnp.float64, param_dtype=jnp.float64)
@@ -390,7 +391,7 @@ def check_equivalence(model_name: str, batch_size: int = 32, seed: int = 0) -> d
         tmodel = tmodel.double()
         x = to_nchw(images).double()
         with torch.no_grad():
-            diffs["float64_eval_logits"] = rel_diff(model.apply(variables, images.astype(np.float64)), tmodel(x))
+            diffs["float64_eval_logits"] = rel_diff(model.apply(variables, images.astype(np.float64), train=False), tmodel(x))
         sizes = bn_elements_per_channel(tmodel.train(), x)
         state, opt = create_train_state(variables, tx), torch_optimizer(tmodel)
         batch = {"image": jnp.asarray(images, jnp.float64), "label": jnp.asarray(labels)}

@@ -2,7 +2,7 @@
 
     model = create_model("resnet50", num_classes=10)
     backbone = load_pretrained("resnet50-11ad3fa6.pth", "torchvision", model)  # {'params', 'batch_stats'}, no 'head'
-    variables = model.init(key, x)  # then put `backbone` into it: the head stays the fresh 10-class one
+    variables = model.init(key, x, train=False)  # then put `backbone` into it: the head stays the fresh 10-class one
 
 Files: torchvision state dicts (.pth/.pt, or the same tensors as .safetensors) of resnet18/34/50/101/152 and
 wide_resnet50_2/101_2; timm's plain ResNets of those depths (resnet50.a1_in1k, .tv_in1k, .gluon_in1k, ...), which
@@ -123,23 +123,24 @@ def download(name: str, fmt: str = "torchvision", cache_dir: str | Path | None =
 
 # ---- Model layouts ---------------------------------------------------------------------------------
 
-# Fields that do not change which weights a network has or what it computes with them in eval mode.
-# Fields a file's tensors say nothing of: training behaviour, initialisers, and the head a transfer run puts on the
-# backbone (its shapes are checked where the head is loaded, keep_head=True).
+# Fields a file's tensors say nothing of: training behaviour, initialisers, the conv module (compute only), and the
+# head a transfer run puts on the backbone (its shapes are checked where the head is loaded, keep_head=True).
 FREE_FIELDS = {"num_classes", "dtype", "param_dtype", "bn_momentum", "zero_init_residual", "kernel_init", "head_init",
-               "head_pooling", "head_hidden", "head_dropout", "frozen_bn_stages"}
+               "head_pooling", "head_hidden", "head_dropout", "frozen_bn_stages", "conv"}
 
 
 def layout(fields: Mapping[str, Any]) -> dict[str, Any]:
-    """The ResNet fields (defaults filled in) that decide a network's weights and eval-mode function, normalised
-    so that equal networks compare equal (inner_widths () = widths, bottleneck_stride '' = the version's)."""
+    """The ResNet fields (defaults filled in, `Layout`'s flattened in) that decide a network's weights and eval-mode
+    function, normalised so that equal networks compare equal (inner_widths () = widths, bottleneck_stride '' =
+    the version's)."""
     defaults = {f.name: f.default for f in dataclasses.fields(ResNet) if f.default is not dataclasses.MISSING}
     full = {**defaults, **fields}
-    out = {k: v for k, v in full.items() if k not in FREE_FIELDS | {"parent", "name"}}
+    out = {k: v for k, v in full.items() if k not in FREE_FIELDS | {"parent", "name", "layout"}}
+    out.update(dataclasses.asdict(full["layout"]), stage_sizes=tuple(full["stage_sizes"]), widths=tuple(full["widths"]))
     bottleneck = full["block"] == "bottleneck"
-    out.update(stage_sizes=tuple(full["stage_sizes"]), widths=tuple(full["widths"]))
-    out["inner_widths"] = tuple(full["inner_widths"]) or (out["widths"] if bottleneck else ())
-    out["bottleneck_stride"] = (full["bottleneck_stride"] or ("1x1" if full["version"] == "v1" else "3x3")) if bottleneck else ""
+    out["inner_widths"] = out["inner_widths"] or (out["widths"] if bottleneck else ())
+    version_stride = "1x1" if full["version"] == "v1" else "3x3"
+    out["bottleneck_stride"] = (out["bottleneck_stride"] or version_stride) if bottleneck else ""
     return out
 
 
@@ -162,7 +163,6 @@ def abstract_variables(model: ResNet) -> dict[VarPath, jax.ShapeDtypeStruct]:
 
 LEAF_TORCH = {"kernel": "weight", "scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var"}
 LEAF_KERAS_NORM = {"scale": "gamma", "bias": "beta", "mean": "moving_mean", "var": "moving_variance"}
-BLOCK = re.compile(r"stage(\d+)_block(\d+)")
 INDEXED = re.compile(r"(Conv|BatchNorm)_(\d+)")
 
 
@@ -173,14 +173,14 @@ def is_norm(module: str) -> bool:
 def torch_key(path: VarPath) -> str:
     """('params', 'stage2_block1', 'Conv_0', 'kernel') -> 'layer2.0.conv1.weight' (torchvision's ResNet names)."""
     _, *modules, leaf = path
-    block = BLOCK.fullmatch(modules[0])
+    block = models.block_index(modules[0])
     if block:
         inner = modules[1]
         indexed = INDEXED.fullmatch(inner)
         if indexed:
             inner = f"{'conv' if indexed[1] == 'Conv' else 'bn'}{int(indexed[2]) + 1}"
         inner = {"shortcut_conv": "downsample.0", "shortcut_norm": "downsample.1"}.get(inner, inner)
-        module = f"layer{block[1]}.{int(block[2]) - 1}.{inner}"
+        module = f"layer{block[0]}.{block[1] - 1}.{inner}"
     else:
         module = {"stem_conv": "conv1", "stem_norm": "bn1", "head": "fc"}.get(modules[0], ".".join(modules))
     return f"{module}.{LEAF_TORCH[leaf]}"
@@ -189,7 +189,7 @@ def torch_key(path: VarPath) -> str:
 def keras_key(path: VarPath, version: str) -> str:
     """('params', 'stage2_block1', 'Conv_0', 'kernel') -> 'conv3_block1_1_conv/kernel' (Keras applications' names)."""
     _, *modules, leaf = path
-    block = BLOCK.fullmatch(modules[0])
+    block = models.block_index(modules[0])
     if block:
         inner = modules[1]
         indexed = INDEXED.fullmatch(inner)
@@ -201,7 +201,7 @@ def keras_key(path: VarPath, version: str) -> str:
             suffix = "preact_bn" if indexed[2] == "0" else f"{indexed[2]}_bn"
         else:
             suffix = f"{int(indexed[2]) + 1}_bn"
-        layer = f"conv{int(block[1]) + 1}_block{block[2]}_{suffix}"
+        layer = f"conv{block[0] + 1}_block{block[1]}_{suffix}"
     else:
         layer = {"stem_conv": "conv1_conv", "stem_norm": "conv1_bn", "final_norm": "post_bn", "head": "predictions"}.get(
             modules[0], modules[0]
@@ -218,11 +218,8 @@ def keras_kind(module: str) -> str:
 
 def creation_order(modules: tuple[str, ...]) -> tuple:
     """Sort key putting our modules in the order the model creates them (stem, blocks' layers, shortcut, head)."""
-    block = BLOCK.fullmatch(modules[0])
-    if not block:
-        return (0,) if modules[0].startswith("stem") else (2,)
-    indexed = INDEXED.fullmatch(modules[1])
-    return 1, int(block[1]), int(block[2]), int(indexed[2]) if indexed else 99
+    indexed = INDEXED.fullmatch(modules[1]) if len(modules) > 1 else None
+    return *models.forward_order(modules[0]), int(indexed[2]) if indexed else 99
 
 
 def keras_default_names(paths: list[VarPath], tensors: Mapping[str, np.ndarray]) -> dict[VarPath, str]:
@@ -290,7 +287,7 @@ def torch_architecture(tensors: Mapping[str, np.ndarray]) -> dict[str, Any] | No
             block="bottleneck" if bottleneck else "basic",
             stage_sizes=stages,
             widths=widths,
-            inner_widths=first if bottleneck else (),
+            layout=models.Layout(inner_widths=first if bottleneck else ()),
         )
     )
 

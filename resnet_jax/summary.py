@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{args.name}: input {shape}, {num_classes} classes")
     print(f"  trainable parameters: {count_params(variables['params']):,}")
     print(f"  BN running statistics (not trained): {stats:,}")
-    print(f"  forward multiply-adds per image: {forward_macs(model, model.init(jax.random.key(0), x), x):,}")
+    print(f"  forward multiply-adds per image: {forward_macs(model, model.init(jax.random.key(0), x, train=False), x):,}")
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ from resnet_jax.checkpoints import CheckpointError, Checkpoints
 from resnet_jax.diagnostics import diagnostics_fn, update_ratio_metrics
 from resnet_jax.losses import EVAL_METRICS, cross_entropy, higher_is_better, top_k_correct
 from resnet_jax.metrics import MetricWriter, TrainMeter, plot_curves
-from resnet_jax.models import ResNet, create_model
+from resnet_jax.models import ResNet
 from resnet_jax.workdir import (CONFIG_FILE, WorkdirError, check_same_data, check_workdir, data_fingerprint,
                                 save_config)
 
@@ -52,11 +52,6 @@ class TrainState(struct.PyTreeNode):
     opt_state: Any
     plateau: Any  # optax.contrib ReduceLROnPlateauState; .scale multiplies the learning rate
     loss_scale: Any = None  # float16 compute: flax DynamicScale (resnet_jax.loss_scale); otherwise None
-
-
-def build_model(config: ml_collections.ConfigDict, num_classes: int) -> ResNet:
-    """The configured zoo model; empty config values keep the family's defaults."""
-    return create_model(config.name, num_classes, **config_lib.model_options(config))
 
 
 def train_step(state: TrainState, batch: dict, model: ResNet, tx: optax.GradientTransformation, label_smoothing: float = 0.0,
@@ -139,7 +134,7 @@ def setup(config: ml_collections.ConfigDict) -> Run:
             f"model.num_classes={config.model.num_classes} but {config.data.name} has {pipeline.num_classes} classes; "
             "set model.num_classes=0 to take it from the data"
         )
-    model = transfer.configure(config, build_model(config.model, pipeline.num_classes), pipeline)
+    model = transfer.configure(config, config_lib.build_model(config.model, pipeline.num_classes), pipeline)
     try:
         multistep.check(config.steps_per_call, pipeline)
     except ValueError as e:
