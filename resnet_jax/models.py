@@ -306,13 +306,11 @@ def stage_of(layer: str, stages: int) -> int | None:
     return index[0]
 
 
-def forward_order(layer: str) -> tuple[int, ...]:
+def forward_order(layer: str) -> tuple[int, list[int | str]]:
     """A sort key putting top-level layers in the order the forward pass runs them: stem, the blocks by stage and
-    index, final_norm, the head's hidden layers, head."""
-    if is_head(layer):
-        return (3, int(layer.removeprefix("head_hidden")) if layer != "head" else sys.maxsize)
-    index = block_index(layer)
-    return (1, *index) if index else (0,) if layer.startswith("stem") else (2,)
+    index (other layers among them, by name with its numbers read as numbers), final_norm, head_hidden<i>, head."""
+    rank = 0 if layer.startswith("stem") else {"final_norm": 2, "head": 4}.get(layer, 3 if is_head(layer) else 1)
+    return rank, [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", layer)]
 
 
 def check_choice(what: str, value: Any, choices: Sequence[Any]) -> None:
