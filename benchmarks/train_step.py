@@ -140,8 +140,8 @@ def jax_optimizer() -> optax.GradientTransformation:
 def jax_step_fn(model_name: str, num_classes: int = NUM_CLASSES, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32,
                 plain_conv: bool = False, xla_default_options: bool = False) -> tuple[Any, Callable, optax.GradientTransformation]:
     """The Flax model, resnet_jax.train.train_step jitted with the state donated (and resnet_jax.xla_cpu's compiler
-    options, as train.compile_steps does), and its optimizer. plain_conv: lax.conv_general_dilated instead of the
-    model's default conv; xla_default_options: XLA's own defaults (both: the step before resnet_jax.xla_cpu)."""
+    options, as train.compile_steps does), and its optimizer. plain_conv: nn.Conv (lax.conv_general_dilated) instead of
+    the model's default conv; xla_default_options: XLA's own defaults (both: the step before resnet_jax.xla_cpu)."""
     overrides = {"conv": nn.Conv} if plain_conv else {}
     model, tx = create_model(model_name, num_classes, dtype=dtype, param_dtype=param_dtype, **overrides), jax_optimizer()
     options = None if xla_default_options else xla_cpu.compiler_options(jax.devices()[0].platform)

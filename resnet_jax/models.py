@@ -21,7 +21,6 @@ trainable=False), and the backbone's output is sown as features/backbone for fea
 import dataclasses
 import difflib
 import re
-import sys
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any, NamedTuple
@@ -65,7 +64,8 @@ def identity_shortcut(block: nn.Module, x: jnp.ndarray, out: int) -> jnp.ndarray
 
 
 class Block(nn.Module):
-    """What every block is given: its width, conv/norm/activation factories, stride, shortcut option, residual switch."""
+    """What every block is given: its width, conv/norm/activation factories, stride, shortcut option and residual
+    switch. A registered subclass also gets those of ResNet's per-block options it declares as fields."""
 
     filters: int
     conv: ModuleDef
@@ -97,7 +97,8 @@ class BasicBlock(PostActBlock):
 
 
 class BottleneckBlock(PostActBlock):
-    """1x1 (reduce to `inner`), 3x3, 1x1 (expand to filters x4), post-activation. v1.5 strides the 3x3, v1 the first 1x1."""
+    """1x1 (reduce to `inner`), 3x3, 1x1 (expand to filters x4), post-activation; v1.5 strides the 3x3, v1 the
+    first 1x1."""
 
     stride_on_3x3: bool = True
     inner: int = 0  # 0 = filters; torchvision's wide ResNets double it
@@ -117,7 +118,8 @@ class BottleneckBlock(PostActBlock):
 
 
 def post_activation_shortcut(block: PostActBlock, x: jnp.ndarray, out: int) -> jnp.ndarray:
-    """The v1 shortcut: identity, option-A zero padding, or a 1x1 conv projection (+ BN unless projection_norm=False)."""
+    """The v1 shortcut: identity, option-A zero padding, or a 1x1 conv projection (+ BN unless
+    projection_norm=False)."""
     if needs_projection(x, out, block.strides, block.shortcut):
         y = block.conv(out, (1, 1), block.strides, normalized=block.projection_norm, name="shortcut_conv")(x)
         return block.norm(name="shortcut_norm")(y) if block.projection_norm else y
@@ -302,7 +304,8 @@ def stage_of(layer: str, stages: int) -> int | None:
         return stages - 1
     index = block_index(layer)
     if index is None:
-        raise ValueError(f"cannot tell which stage layer {layer!r} belongs to (stem*, stage<i>_block<j>, final_norm, head*)")
+        raise ValueError(f"cannot tell which stage layer {layer!r} belongs to "
+                         "(stem*, stage<i>_block<j>, final_norm, head*)")
     return index[0]
 
 
@@ -401,7 +404,8 @@ class ResNet(nn.Module):
                              "use version 'v1' or 'v1.5'")
         preact_options = self.layout.preact_stem_norm or self.layout.projection_from != "preact"
         if preact_options and not {"preactivated", "projection_from"} <= set(options):
-            raise ValueError("preact_stem_norm and projection_from are options of pre-activation blocks: use version 'v2'")
+            raise ValueError("preact_stem_norm and projection_from are options of pre-activation blocks: "
+                             "use version 'v2'")
         if not 0 <= self.head_dropout < 1:
             raise ValueError(f"head_dropout is a drop probability in [0, 1); got {self.head_dropout}")
         stages = len(self.stage_sizes) + 1

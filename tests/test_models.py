@@ -2,6 +2,7 @@
 
 import dataclasses
 import re
+from functools import partial
 from pathlib import Path
 
 import chex
@@ -200,7 +201,7 @@ def test_list_models_names_all_build():
         if int(re.search(r"\d+", name).group()) >= 1000:  # the depth, not "101_2" read as 1012
             assert model.stage_sizes == ((200,) * 3 if model.block == "basic" else (111,) * 3)
             continue
-        logits, variables = jax.eval_shape(lambda x: model.init_with_output(jax.random.key(0), x, train=True), x)
+        logits, variables = jax.eval_shape(partial(model.init_with_output, train=True), jax.random.key(0), x)
         assert logits.shape == (2, 10) and set(variables) == {"params", "batch_stats"}, name
 
 
@@ -214,7 +215,8 @@ def test_list_models_names_all_build():
     ("cifar_resnet56", "cifar", (9, 9, 9)),
 ])
 def test_depths_valid_for_both_families_have_a_cifar_name(name, stem, stages):
-    """50, 152 and 200 are ImageNet depths and 6n+2 too: resnet<d> is the ImageNet net, cifar_resnet<d> the CIFAR one."""
+    """50, 152 and 200 are ImageNet depths and 6n+2 too: resnet<d> is the ImageNet net, cifar_resnet<d> the CIFAR
+    one."""
     model = create_model(name, 10)
     assert (model.stem, tuple(model.stage_sizes), model.residual) == (stem, stages, "plain" not in name)
     if stem == "cifar":
@@ -283,7 +285,7 @@ def test_keras_seed_networks_initialise_like_keras_he_normal():
 
 
 def test_init_and_apply_without_train_raise_a_type_error_naming_it():
-    """A Flax-style loop that leaves `train` out would silently run BatchNorm in inference mode: it must fail instead."""
+    """A Flax-style loop that leaves `train` out would silently run BatchNorm in inference mode: it must fail."""
     model = create_model("resnet8", 10, widths=(4, 8, 16))
     x = jnp.zeros((1, 16, 16, 3))
     with pytest.raises(TypeError, match="train"):
@@ -408,8 +410,9 @@ def test_every_model_field_set_on_the_command_line_reaches_the_model():
     forwarded = {k for k in config_lib.flat_keys(sections) if k not in ("name", "num_classes", "layout")}
     assert forwarded == set(FORWARDED)  # a new ResNet field is forwarded, and needs a line above
     assert len(forwarded) == 28  # before every field was forwarded: 10
-    assert models.ResNet.__dataclass_fields__.keys() - {"parent", "name"} - {k.split(".")[0] for k in forwarded} == {
-        "num_classes", "frozen_bn_stages"}  # model.num_classes is a key of its own; transfer.freeze_stages sets the other
+    # model.num_classes is a key of its own; transfer.freeze_stages sets frozen_bn_stages.
+    unforwarded = models.ResNet.__dataclass_fields__.keys() - {k.split(".")[0] for k in forwarded}
+    assert unforwarded == {"parent", "name", "num_classes", "frozen_bn_stages"}
     for key, (cli, expected, needs) in FORWARDED.items():
         config = parse_cli(f"--config.model.{key}={cli}", *(f"--config.model.{k}" for k in needs))
         model = config_lib.build_model(config.model, 10)
@@ -433,9 +436,9 @@ def test_model_section_keeps_the_zoo_names_values_where_unset_and_refuses_unknow
 
 
 def test_upgrade_model_maps_an_old_saved_section_to_the_same_model():
-    old = {"name": "resnet20", "num_classes": 0, "shortcut": "", "version": "v2", "widths": [], "zero_init_residual": False,
-           "bn_momentum": 0.0, "bn_epsilon": 0.001, "dtype": "float32", "head_pooling": "avg", "head_hidden": [],
-           "head_dropout": 0.0}
+    old = {"name": "resnet20", "num_classes": 0, "shortcut": "", "version": "v2", "widths": [],
+           "zero_init_residual": False, "bn_momentum": 0.0, "bn_epsilon": 0.001, "dtype": "float32",
+           "head_pooling": "avg", "head_hidden": [], "head_dropout": 0.0}
     new = config_lib.upgrade_model(old)
     assert new == dict(old, shortcut=None, widths=None, zero_init_residual=None, bn_momentum=None, dtype=None,
                        head_pooling=None, head_hidden=None, head_dropout=None)
