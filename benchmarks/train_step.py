@@ -169,7 +169,7 @@ def make_jax_runner(case: Case, seed: int = 0, name: str = "jax (jit)", **varian
     model, step, tx = jax_step_fn(case.model, case.num_classes, DTYPES[case.dtype], **variant)
     images, labels = random_batch(case, seed)
     batch = {"image": jnp.asarray(images), "label": jnp.asarray(labels)}
-    state = create_train_state(jax.jit(model.init)(jax.random.key(seed), batch["image"][:1]), tx)
+    state = create_train_state(jax.jit(partial(model.init, train=False))(jax.random.key(seed), batch["image"][:1]), tx)
 
     t0 = time.perf_counter()
     lowered = step.lower(state, batch)
@@ -357,7 +357,8 @@ def failure(e: BaseException) -> str:
 def check_param_counts(case: Case) -> dict[str, Any]:
     """Trainable parameters of the Flax model, of its torch counterpart, and the paper's (torchvision's) count."""
     model = create_model(case.model, case.num_classes)
-    variables = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, case.image_size, case.image_size, 3)))
+    variables = jax.eval_shape(partial(model.init, train=False), jax.random.key(0),
+                               jnp.zeros((1, case.image_size, case.image_size, 3)))
     flax_count = count_params(variables["params"])
     torch_count = sum(p.numel() for p in torch_model(case).parameters())
     expected = EXPECTED_PARAMS.get(case.model)
