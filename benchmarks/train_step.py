@@ -383,7 +383,8 @@ def check_equivalence(model_name: str, batch_size: int = 32, seed: int = 0) -> d
     tmodel = twin.create_model(model_name, NUM_CLASSES)
     twin.load_flax_variables(tmodel, variables)
     with torch.no_grad():
-        diffs = {"float32_eval_logits": rel_diff(model.apply(variables, images, train=False), tmodel.eval()(to_nchw(images)))}
+        ours = model.apply(variables, images, train=False)
+        diffs = {"float32_eval_logits": rel_diff(ours, tmodel.eval()(to_nchw(images)))}
 
     with jax.enable_x64(True):
         model, step, tx = jax_step_fn(model_name, dtype=jnp.float64, param_dtype=jnp.float64)
@@ -392,7 +393,8 @@ def check_equivalence(model_name: str, batch_size: int = 32, seed: int = 0) -> d
         tmodel = tmodel.double()
         x = to_nchw(images).double()
         with torch.no_grad():
-            diffs["float64_eval_logits"] = rel_diff(model.apply(variables, images.astype(np.float64), train=False), tmodel(x))
+            ours = model.apply(variables, images.astype(np.float64), train=False)
+            diffs["float64_eval_logits"] = rel_diff(ours, tmodel(x))
         sizes = bn_elements_per_channel(tmodel.train(), x)
         state, opt = create_train_state(variables, tx), torch_optimizer(tmodel)
         batch = {"image": jnp.asarray(images, jnp.float64), "label": jnp.asarray(labels)}

@@ -418,7 +418,8 @@ def accuracy(out: Output, deadline: float, tiny: bool, data: Path) -> str:
            f"--config.num_epochs={epochs}", f"--config.data.path={data}"]
     model = build_model(config.model, probe["num_classes"])
     shape = (1, *probe["image_shape"])
-    params = count_params(jax.eval_shape(lambda: model.init(jax.random.key(0), jax.numpy.zeros(shape), train=False))["params"])
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jax.numpy.zeros(shape), train=False))
+    params = count_params(variables["params"])
     record = header("accuracy", tiny, deadline) | {
         "status": "running", "command": shlex.join(["python", *cmd[1:]]), "recipe": "experiments/fashion_mnist_gpu.py",
         "model": f"{config.model.name} widths {tuple(model.widths)} {model.version} {model.shortcut}",
