@@ -29,6 +29,7 @@ if __name__ == "__main__":
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads, as train_step.py does (see there)
 import torch
 import torch._dynamo  # noqa: F401  (before TensorFlow, which resnet_jax's data imports: the other order segfaults)
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -132,11 +133,11 @@ def layers(args: argparse.Namespace) -> dict:
 
 def forward_runner(model_name: str, batch_size: int, plain: bool) -> Callable[[], object]:
     """The train-mode forward pass alone (BN statistics updated), before (plain) or after resnet_jax.xla_cpu."""
-    overrides = {"conv_general_dilated": lax.conv_general_dilated} if plain else {}
+    overrides = {"conv": nn.Conv} if plain else {}
     model = create_model(model_name, bench.NUM_CLASSES, **overrides)
     images, _ = bench.random_batch(bench.Case(model_name, batch_size))
     x = jnp.asarray(images)
-    variables = model.init(jax.random.key(0), x[:1])
+    variables = model.init(jax.random.key(0), x[:1], train=False)
     apply = jax.jit(partial(model.apply, train=True, mutable=["batch_stats"]),
                     compiler_options=None if plain else xla_cpu.compiler_options("cpu"))
     run = lambda: jax.block_until_ready(apply(variables, x))  # noqa: E731
@@ -179,7 +180,7 @@ def hlo(args: argparse.Namespace) -> dict:
         model, step, tx = bench.jax_step_fn(args.model, **variant)
         images, labels = bench.random_batch(case)
         batch = {"image": jnp.asarray(images), "label": jnp.asarray(labels)}
-        state = create_train_state(model.init(jax.random.key(0), batch["image"][:1]), tx)
+        state = create_train_state(model.init(jax.random.key(0), batch["image"][:1], train=False), tx)
         lowered = step.lower(state, batch)
         compiled = lowered.compile()
         cost = compiled.cost_analysis()

@@ -40,6 +40,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -138,9 +139,9 @@ def jax_optimizer() -> optax.GradientTransformation:
 def jax_step_fn(model_name: str, num_classes: int = NUM_CLASSES, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32,
                 plain_conv: bool = False, xla_default_options: bool = False) -> tuple[Any, Callable, optax.GradientTransformation]:
     """The Flax model, resnet_jax.train.train_step jitted with the state donated (and resnet_jax.xla_cpu's compiler
-    options, as train.compile_steps does), and its optimizer. plain_conv: lax.conv_general_dilated instead of the
-    model's default conv; xla_default_options: XLA's own defaults (both: the step before resnet_jax.xla_cpu)."""
-    overrides = {"conv_general_dilated": lax.conv_general_dilated} if plain_conv else {}
+    options, as train.compile_steps does), and its optimizer. plain_conv: nn.Conv (lax.conv_general_dilated) instead of
+    the model's default conv; xla_default_options: XLA's own defaults (both: the step before resnet_jax.xla_cpu)."""
+    overrides = {"conv": nn.Conv} if plain_conv else {}
     model, tx = create_model(model_name, num_classes, dtype=dtype, param_dtype=param_dtype, **overrides), jax_optimizer()
     options = None if xla_default_options else xla_cpu.compiler_options(jax.devices()[0].platform)
     return model, jax.jit(partial(train_step, model=model, tx=tx), donate_argnums=0, compiler_options=options), tx
@@ -167,7 +168,7 @@ def make_jax_runner(case: Case, seed: int = 0, name: str = "jax (jit)", **varian
     model, step, tx = jax_step_fn(case.model, case.num_classes, DTYPES[case.dtype], **variant)
     images, labels = random_batch(case, seed)
     batch = {"image": jnp.asarray(images), "label": jnp.asarray(labels)}
-    state = create_train_state(jax.jit(model.init)(jax.random.key(seed), batch["image"][:1]), tx)
+    state = create_train_state(jax.jit(partial(model.init, train=False))(jax.random.key(seed), batch["image"][:1]), tx)
 
     t0 = time.perf_counter()
     lowered = step.lower(state, batch)
@@ -355,7 +356,8 @@ def failure(e: BaseException) -> str:
 def check_param_counts(case: Case) -> dict[str, Any]:
     """Trainable parameters of the Flax model, of its torch counterpart, and the paper's (torchvision's) count."""
     model = create_model(case.model, case.num_classes)
-    variables = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, case.image_size, case.image_size, 3)))
+    variables = jax.eval_shape(partial(model.init, train=False), jax.random.key(0),
+                               jnp.zeros((1, case.image_size, case.image_size, 3)))
     flax_count = count_params(variables["params"])
     torch_count = sum(p.numel() for p in torch_model(case).parameters())
     expected = EXPECTED_PARAMS.get(case.model)
@@ -376,11 +378,12 @@ def check_equivalence(model_name: str, batch_size: int = 32, seed: int = 0) -> d
     images, labels = random_batch(Case(model_name, batch_size), seed + 1)
     y = torch.from_numpy(labels.astype(np.int64))
     model = create_model(model_name, NUM_CLASSES)
-    variables = randomise_norms(model.init(jax.random.key(seed), jnp.zeros((1, 32, 32, 3))), seed)
+    variables = randomise_norms(model.init(jax.random.key(seed), jnp.zeros((1, 32, 32, 3)), train=False), seed)
     tmodel = twin.create_model(model_name, NUM_CLASSES)
     twin.load_flax_variables(tmodel, variables)
     with torch.no_grad():
-        diffs = {"float32_eval_logits": rel_diff(model.apply(variables, images), tmodel.eval()(to_nchw(images)))}
+        ours = model.apply(variables, images, train=False)
+        diffs = {"float32_eval_logits": rel_diff(ours, tmodel.eval()(to_nchw(images)))}
 
     with jax.enable_x64(True):
         model, step, tx = jax_step_fn(model_name, dtype=jnp.float64, param_dtype=jnp.float64)
@@ -389,7 +392,8 @@ def check_equivalence(model_name: str, batch_size: int = 32, seed: int = 0) -> d
         tmodel = tmodel.double()
         x = to_nchw(images).double()
         with torch.no_grad():
-            diffs["float64_eval_logits"] = rel_diff(model.apply(variables, images.astype(np.float64)), tmodel(x))
+            ours = model.apply(variables, images.astype(np.float64), train=False)
+            diffs["float64_eval_logits"] = rel_diff(ours, tmodel(x))
         sizes = bn_elements_per_channel(tmodel.train(), x)
         state, opt = create_train_state(variables, tx), torch_optimizer(tmodel)
         batch = {"image": jnp.asarray(images, jnp.float64), "label": jnp.asarray(labels)}

@@ -5,18 +5,22 @@ the command line changes any key with --config.<key>=<value>. `validate(config)`
 is built, written or compiled, and names each bad key with what it accepts.
 """
 
+import dataclasses
 import difflib
 import json
 import re
-from collections.abc import Sequence
+import typing
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import flax.linen as nn
 import jax.numpy as jnp
 import ml_collections
 import optax
+from ml_collections import config_dict
 
 from resnet_jax import data as data_lib
-from resnet_jax import divergence, models, optim, transfer
+from resnet_jax import divergence, models, optim, transfer, xla_cpu
 from resnet_jax.losses import EVAL_METRICS
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -29,26 +33,7 @@ class ConfigError(ValueError):
 def default_config() -> ml_collections.ConfigDict:
     """Every key a run understands; experiment files start from this and change what their recipe says."""
     c = ml_collections.ConfigDict()
-    c.model = ml_collections.ConfigDict(
-        dict(
-            name="resnet20",
-            num_classes=0,  # 0 = the dataset's number of classes; otherwise it must match it
-            # Empty/zero values keep the family's default (see resnet_jax.models.model_spec).
-            shortcut="",  # 'A' | 'B' | 'C'
-            version="",  # 'v1' | 'v1.5' | 'v2'
-            widths=(),
-            zero_init_residual=False,
-            # BatchNorm running-average decay (PyTorch's momentum 0.1 == 0.9 here; Keras' default is 0.99) and
-            # epsilon (PyTorch 1e-5, Keras 1e-3, Keras applications 1.001e-5); 0 = the zoo name's own (0.9, 1e-5
-            # for torchvision-style nets, Keras' values for the keras_* names).
-            bn_momentum=0.0,
-            bn_epsilon=0.0,
-            dtype="float32",  # compute: 'float32' | 'bfloat16' | 'float16' (dynamic loss scaling); params, BN statistics stay float32
-            head_pooling="avg",  # 'avg' (global average pooling) | 'flatten' (the transfer seeds' Flatten)
-            head_hidden=(),  # widths of hidden Dense+ReLU layers before the classifier; the seeds' head: (1000,)
-            head_dropout=0.0,  # dropout before each Dense of the head (the 003 seed: 0.7)
-        )
-    )
+    c.model = model_config()
     c.init_from = transfer.init_from_config()  # start from one of our runs or an ImageNet weights file
     c.transfer = transfer.transfer_config()  # what trains: frozen stages, backbone rate, feature caching
     c.data = data_lib.default_config()
@@ -74,15 +59,97 @@ def default_config() -> ml_collections.ConfigDict:
     return c
 
 
-def model_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """The create_model keyword arguments of a `model` section; empty values keep the family's defaults."""
-    options = {k: config[k] for k in ("shortcut", "version", "bn_momentum", "bn_epsilon") if config[k]}
-    if config.widths:
-        options["widths"] = tuple(config.widths)
-    if config.dtype not in DTYPES:
-        raise ConfigError(f"unknown model.dtype {config.dtype!r}; choose one of {', '.join(DTYPES)}")
-    return dict(options, zero_init_residual=config.zero_init_residual, dtype=DTYPES[config.dtype],
-                head_pooling=config.head_pooling, head_hidden=tuple(config.head_hidden), head_dropout=config.head_dropout)
+# Model fields set by name in a config: ResNet field -> {name: value}.
+ACTIVATIONS = {name: getattr(nn, name) for name in ("relu", "relu6", "gelu", "silu", "swish", "elu", "celu", "selu",
+                                                    "leaky_relu", "softplus", "tanh", "sigmoid", "hard_swish")}
+INITIALIZERS = {
+    "he_normal_fan_out": models.conv_init,  # torchvision's kaiming_normal_(mode='fan_out'): the zoo's convs
+    "he_normal": models.keras_he_normal,  # Keras' (truncated, fan_in): the Keras seed's
+    "lecun_normal": nn.initializers.lecun_normal(),  # Flax's Dense default: the zoo's classifier
+    "glorot_uniform": nn.initializers.glorot_uniform(),  # Keras' default
+}
+NAMED = {"act": ACTIVATIONS, "kernel_init": INITIALIZERS, "head_init": INITIALIZERS, "dtype": DTYPES,
+         "param_dtype": DTYPES, "conv": {"xla_cpu": xla_cpu.Conv, "lax": nn.Conv}}
+# ResNet fields a model section does not hold: the module's own, num_classes (a key of its own: 0 = the dataset's)
+# and frozen_bn_stages (set from transfer.freeze_stages).
+UNFORWARDED = {"parent", "name", "num_classes", "frozen_bn_stages"}
+# What an old model section (10 fields, before every ResNet field was forwarded) wrote for "the zoo name's value".
+OLD_MODEL_DEFAULTS = {"shortcut": "", "version": "", "widths": (), "bn_momentum": 0.0, "bn_epsilon": 0.0,
+                      "zero_init_residual": False, "dtype": "float32", "head_pooling": "avg", "head_hidden": (),
+                      "head_dropout": 0.0}
+
+
+def _unset(field: dataclasses.Field) -> Any:
+    """A typed None for a model field (the zoo name's value until set): names for NAMED fields, the layout a section."""
+    if field.name in NAMED:
+        return config_dict.placeholder(str)
+    if field.type is models.Layout:
+        return ml_collections.ConfigDict({f.name: _unset(f) for f in dataclasses.fields(models.Layout)})
+    if typing.get_origin(field.type) in (tuple, Sequence):
+        return config_dict.placeholder(tuple)
+    if field.type in (bool, int, float, str):
+        return config_dict.placeholder(field.type)
+    raise TypeError(f"ResNet.{field.name}: {field.type} has no config form; give it names in config.NAMED")
+
+
+def model_fields() -> list[dataclasses.Field]:
+    """The ResNet fields a model section forwards."""
+    return [f for f in dataclasses.fields(models.ResNet) if f.name not in UNFORWARDED]
+
+
+def model_config() -> ml_collections.ConfigDict:
+    """The model section: a zoo name, num_classes (0 = the dataset's; otherwise it must match it) and every other
+    ResNet field, None = the zoo name's value (resnet_jax.models.model_spec); callables and dtypes by name (NAMED)."""
+    section = ml_collections.ConfigDict(dict(name="resnet20", num_classes=0))
+    for field in model_fields():
+        section[field.name] = _unset(field)
+    return section
+
+
+def _check_keys(keys: Iterable[str], valid: Sequence[str], where: str) -> None:
+    unknown = sorted(set(keys) - set(valid))
+    if unknown:
+        near = {k: difflib.get_close_matches(k, valid, n=3, cutoff=0.6) for k in unknown}
+        raise ConfigError(f"unknown {where} key(s): " + "; ".join(
+            f"{k} (did you mean {', '.join(near[k])}?)" if near[k] else k for k in unknown) +
+            f". Valid: {', '.join(valid)}")
+
+
+def _model_value(key: str, value: Any) -> Any:
+    """A section's value as the ResNet field takes it: a NAMED field's object, a JSON list as a tuple."""
+    if key in NAMED:
+        if value not in NAMED[key]:
+            near = difflib.get_close_matches(str(value), NAMED[key], n=1)
+            hint = f"did you mean {near[0]!r}? " if near else ""
+            raise ConfigError(f"unknown model.{key} {value!r}; {hint}choose one of {', '.join(NAMED[key])}")
+        return NAMED[key][value]
+    return tuple(value) if isinstance(value, list) else value
+
+
+def build_model(section: Mapping[str, Any], num_classes: int) -> models.ResNet:
+    """The model a model section describes, with `num_classes` classes; unset (None) fields keep the zoo name's
+    values, set layout fields replace those of the zoo name's layout. Unknown keys fail naming the nearest ones."""
+    _check_keys(section.keys(), list(model_config().keys()), "model")
+    layout = section.get("layout") or {}
+    _check_keys(layout.keys(), [f.name for f in dataclasses.fields(models.Layout)], "model.layout")
+    overrides = {k: _model_value(k, v) for k, v in section.items()
+                 if k not in ("name", "num_classes", "layout") and v is not None}
+    layout_set = {k: _model_value(k, v) for k, v in layout.items() if v is not None}
+    if layout_set:
+        zoo_layout = models.model_spec(section["name"]).get("layout", models.Layout())
+        overrides["layout"] = dataclasses.replace(zoo_layout, **layout_set)
+    return models.create_model(section["name"], num_classes, **overrides)
+
+
+def upgrade_model(section: dict) -> dict:
+    """An old saved model section in the current form: the values by which it said "the zoo name's value" ('' for
+    shortcut/version, () for widths, 0 for bn_momentum/bn_epsilon, the ResNet defaults it always passed) are None."""
+
+    def old_default(key: str, value: Any) -> bool:
+        default = OLD_MODEL_DEFAULTS.get(key, ...)
+        return tuple(value) == default if isinstance(value, list | tuple) else value == default
+
+    return {k: None if old_default(k, v) else v for k, v in section.items()}
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -125,8 +192,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     lr = config.optimizer.learning_rate
     lr = lr if 0 < lr < float("inf") else 1.0  # a bad rate is the optimizer's problem, not the schedule's or plateau's
     for section, build in (
-        ("model", lambda: models.create_model(config.model.name, max(config.model.num_classes, 1),
-                                              **model_options(config.model))),
+        ("model", lambda: build_model(config.model, max(config.model.num_classes, 1))),
         ("optimizer", lambda: optim.make_optimizer(config.optimizer, optax.constant_schedule(1.0))),
         ("schedule", lambda: optim.make_schedule(config.schedule, lr, 1, max(config.num_steps, 1))),
         ("plateau", lambda: optim.make_plateau(config.plateau, lr)),
@@ -184,6 +250,8 @@ def upgrade(saved: dict) -> dict:
     The one place where old configs are upgraded: a section whose keys change adds its step here.
     """
     saved = dict(saved)
+    if "model" in saved and "layout" not in saved["model"]:  # before every ResNet field was forwarded
+        saved["model"] = upgrade_model(saved["model"])
     if "data" in saved:
         saved["data"] = data_lib.upgrade_data(saved["data"])
     return saved

@@ -10,7 +10,6 @@ Metric keys carry their own prefix, ready for metrics.jsonl / TensorBoard as the
 `diag/update_ratio/<group>` (from `update_ratio_metrics`).
 """
 
-import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -19,13 +18,13 @@ import jax
 import jax.numpy as jnp
 
 from resnet_jax.losses import cross_entropy
+from resnet_jax.models import forward_order
 
 Params = Mapping[str, Any]
 Batch = Mapping[str, jax.Array]  # {'image': (N, H, W, C) floats, 'label': (N,) ints or (N, C) soft labels}
 LossFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 STEM_LAYERS = ("stem_conv", "stem_norm")  # forward order; the stem's output is the last one present
-_RANK = {"stem": 0, "final_norm": 2, "head": 3}  # every other group (the blocks) ranks 1
 
 
 def mean_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -38,15 +37,9 @@ def group_of(layer: str) -> str:
     return "stem" if layer in STEM_LAYERS else layer
 
 
-def _forward_order(group: str) -> tuple:
-    # stem < blocks < final_norm < head; blocks by their numbers, so stage1_block10 follows stage1_block9.
-    natural = [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", group)]
-    return _RANK.get(group, 1), natural
-
-
 def layer_groups(params: Params) -> list[str]:
     """The groups of a params tree (top-level layer names as keys), in forward order."""
-    return sorted({group_of(layer) for layer in params}, key=_forward_order)
+    return sorted({group_of(layer) for layer in params}, key=forward_order)
 
 
 def _sq_norms(tree: Params) -> dict[str, jax.Array]:
@@ -55,7 +48,7 @@ def _sq_norms(tree: Params) -> dict[str, jax.Array]:
     for layer, sub in tree.items():
         s = sum(jnp.sum(jnp.square(leaf.astype(jnp.float32))) for leaf in jax.tree.leaves(sub))
         sums[group_of(layer)] = sums.get(group_of(layer), 0.0) + s
-    return {g: sums[g] for g in sorted(sums, key=_forward_order)}
+    return {g: sums[g] for g in sorted(sums, key=forward_order)}
 
 
 def grad_norms(grads: Params) -> dict[str, jax.Array]:
@@ -81,7 +74,7 @@ def _rms_per_group(intermediates: Mapping[str, Any]) -> dict[str, jax.Array]:
         if layer in outputs:
             outputs["stem"] = outputs.pop(layer)
     rms = {g: jnp.sqrt(jnp.mean(jnp.square(y.astype(jnp.float32)))) for g, y in outputs.items()}
-    return {g: rms[g] for g in sorted(rms, key=_forward_order)}
+    return {g: rms[g] for g in sorted(rms, key=forward_order)}
 
 
 def _forward(model: nn.Module, variables: Params, params: Params, x: jax.Array) -> tuple[jax.Array, dict]:

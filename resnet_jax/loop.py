@@ -30,7 +30,7 @@ from resnet_jax.checkpoints import Checkpoints
 from resnet_jax.diagnostics import diagnostics_fn, update_ratio_metrics
 from resnet_jax.losses import EVAL_METRICS, higher_is_better
 from resnet_jax.metrics import MetricWriter, TrainMeter, plot_curves
-from resnet_jax.models import ResNet, create_model
+from resnet_jax.models import ResNet
 from resnet_jax.steps import TrainState, compile_steps, init_state
 from resnet_jax.workdir import (CONFIG_FILE, WorkdirError, check_same_data, check_workdir, data_fingerprint,
                                 save_config)
@@ -51,11 +51,6 @@ class Run:
     best_metric: str
 
 
-def build_model(config: ml_collections.ConfigDict, num_classes: int) -> ResNet:
-    """The configured zoo model; unset config values keep the family's defaults."""
-    return create_model(config.name, num_classes, **config_lib.model_options(config))
-
-
 def setup(config: ml_collections.ConfigDict) -> Run:
     """Validate the config once, then build data, model and optimizer and check them against each other (no compile)."""
     config_lib.validate(config)
@@ -65,7 +60,7 @@ def setup(config: ml_collections.ConfigDict) -> Run:
         raise config_lib.ConfigError(
             f"model.num_classes={config.model.num_classes} but {config.data.name} has {pipeline.num_classes} classes; "
             "set model.num_classes=0 to take it from the data")
-    model = transfer.configure(config, build_model(config.model, pipeline.num_classes), pipeline)
+    model = transfer.configure(config, config_lib.build_model(config.model, pipeline.num_classes), pipeline)
     try:
         multistep.check(config.steps_per_call, pipeline)
     except ValueError as e:

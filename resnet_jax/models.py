@@ -7,20 +7,23 @@ One `ResNet` module covers the papers' families:
 Shortcuts: 'A' strided identity with zero-padded channels (no parameters), 'B' projection only where
 the shape changes, 'C' projection everywhere. `residual=False` drops the addition (and so every
 shortcut parameter) and gives the plain network of the same layers, for ablations.
+Blocks come from a registry (`register_block`): a new block is a `Block` subclass registered by name.
 
 Padding is explicit and symmetric by default, as in torchvision and Keras applications; any input size works.
-The layout options (inner widths, conv biases, TF 'same' padding, where a stage strides, ...) express the other
-frameworks' ResNets exactly, so their weights (`resnet_jax.pretrained`) reproduce their outputs.
+The layout options (`Layout`: inner widths, conv biases, TF 'same' padding, where a stage strides, ...) express the
+other frameworks' ResNets exactly, so their weights (`resnet_jax.pretrained`) reproduce their outputs.
 
 For transfer learning the head is configurable (pooling, hidden layers, dropout: `Head`), the first K stages
 (stem = stage 0) can run BatchNorm on their running statistics even in training (`frozen_bn_stages`, Keras'
 trainable=False), and the backbone's output is sown as features/backbone for feature caching.
 """
 
+import dataclasses
+import difflib
 import re
 from collections.abc import Callable, Sequence
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -61,7 +64,8 @@ def identity_shortcut(block: nn.Module, x: jnp.ndarray, out: int) -> jnp.ndarray
 
 
 class Block(nn.Module):
-    """What every block is given: its width, conv/norm/activation factories, stride, shortcut option, residual switch."""
+    """What every block is given: its width, conv/norm/activation factories, stride, shortcut option and residual
+    switch. A registered subclass also gets those of ResNet's per-block options it declares as fields."""
 
     filters: int
     conv: ModuleDef
@@ -93,7 +97,8 @@ class BasicBlock(PostActBlock):
 
 
 class BottleneckBlock(PostActBlock):
-    """1x1 (reduce to `inner`), 3x3, 1x1 (expand to filters x4), post-activation. v1.5 strides the 3x3, v1 the first 1x1."""
+    """1x1 (reduce to `inner`), 3x3, 1x1 (expand to filters x4), post-activation; v1.5 strides the 3x3, v1 the
+    first 1x1."""
 
     stride_on_3x3: bool = True
     inner: int = 0  # 0 = filters; torchvision's wide ResNets double it
@@ -113,7 +118,8 @@ class BottleneckBlock(PostActBlock):
 
 
 def post_activation_shortcut(block: PostActBlock, x: jnp.ndarray, out: int) -> jnp.ndarray:
-    """The v1 shortcut: identity, option-A zero padding, or a 1x1 conv projection (+ BN unless projection_norm=False)."""
+    """The v1 shortcut: identity, option-A zero padding, or a 1x1 conv projection (+ BN unless
+    projection_norm=False)."""
     if needs_projection(x, out, block.strides, block.shortcut):
         y = block.conv(out, (1, 1), block.strides, normalized=block.projection_norm, name="shortcut_conv")(x)
         return block.norm(name="shortcut_norm")(y) if block.projection_norm else y
@@ -170,12 +176,41 @@ def pre_activation_shortcut(block: PreActBlock, x: jnp.ndarray, pre: jnp.ndarray
     return identity_shortcut(block, x, out)
 
 
-BLOCKS = {
-    ("basic", False): BasicBlock,
-    ("bottleneck", False): BottleneckBlock,
-    ("basic", True): PreActBasicBlock,
-    ("bottleneck", True): PreActBottleneckBlock,
-}
+class BlockClasses(NamedTuple):
+    """The classes a registered block name stands for: `post` in v1/v1.5 nets, `pre` in v2 nets (None: not there)."""
+
+    post: type[Block] | None
+    pre: type[Block] | None
+
+
+BLOCKS: dict[str, BlockClasses] = {}
+
+
+def register_block(name: str, *, post: type[Block] | None = None, pre: type[Block] | None = None) -> None:
+    """Make `name` a value of `ResNet.block`: `post` for versions v1/v1.5, `pre` for v2. A block class gets the
+    fields of `Block` and, of the options ResNet computes per block (see `ResNet.block_options`), those it declares."""
+    if post is None and pre is None:
+        raise ValueError(f"register_block({name!r}) needs a post-activation or a pre-activation class (or both)")
+    BLOCKS[name] = BlockClasses(post, pre)
+
+
+def block_class(name: str, version: str) -> type[Block]:
+    """The registered class of block `name` for `version`; unknown names fail listing the registered ones."""
+    if name not in BLOCKS:
+        near = difflib.get_close_matches(name, BLOCKS, n=1)
+        hint = f"did you mean {near[0]!r}? " if near else ""
+        raise ValueError(f"unknown block {name!r}; {hint}registered blocks: {', '.join(map(repr, BLOCKS))} "
+                         "(resnet_jax.models.register_block adds one)")
+    pre = version == "v2"
+    cls = BLOCKS[name].pre if pre else BLOCKS[name].post
+    if cls is None:
+        kind = "pre-activation (v2)" if pre else "post-activation (v1/v1.5)"
+        raise ValueError(f"block {name!r} has no {kind} class, so version {version!r} cannot use it")
+    return cls
+
+
+register_block("basic", post=BasicBlock, pre=PreActBasicBlock)
+register_block("bottleneck", post=BottleneckBlock, pre=PreActBottleneckBlock)
 
 
 def conv2d(
@@ -187,14 +222,15 @@ def conv2d(
     bias: str = "none",
     normalized: bool = True,
     kernel_init: Callable = conv_init,
+    module: ModuleDef = nn.Conv,
     **kwargs,
 ) -> nn.Conv:
-    """A conv with torchvision's symmetric padding of k // 2 a side, or TF/Keras 'same' padding (a stride-2 conv
-    on an even size pads one more at the bottom/right). `normalized`: a BatchNorm of its own follows, so
+    """A `module` conv with torchvision's symmetric padding of k // 2 a side, or TF/Keras 'same' padding (a stride-2
+    conv on an even size pads one more at the bottom/right). `normalized`: a BatchNorm of its own follows, so
     bias='unnormalized' gives it no bias; bias='all' gives every conv one, 'none' none."""
     pad = "SAME" if padding == "same" else [(k // 2, k // 2) for k in kernel_size]
     use_bias = bias == "all" or (bias == "unnormalized" and not normalized)
-    return nn.Conv(features, kernel_size, strides, padding=pad, use_bias=use_bias, kernel_init=kernel_init, **kwargs)
+    return module(features, kernel_size, strides, padding=pad, use_bias=use_bias, kernel_init=kernel_init, **kwargs)
 
 
 def stem_max_pool(x: jnp.ndarray, padding: str, pool_padding: str) -> jnp.ndarray:
@@ -222,7 +258,7 @@ class Head(nn.Module):
     kernel_init: Callable = nn.initializers.lecun_normal()  # the last Dense's (Keras seed: he_normal)
 
     @nn.compact
-    def __call__(self, x, train: bool = False):
+    def __call__(self, x, *, train: bool):
         dense = partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype)
         for i, width in enumerate(self.hidden):
             x = self.act(dense(width, name=f"head_hidden{i + 1}")(self._dropout(x, train)))
@@ -248,25 +284,87 @@ def head_of(model: "ResNet") -> Head:
                 model.param_dtype, model.head_init)
 
 
+BLOCK_LAYER = re.compile(r"stage(\d+)_block(\d+)")
+
+
+def block_index(layer: str) -> tuple[int, int] | None:
+    """(stage, block), both from 1, of a top-level layer named stage<i>_block<j>; None for any other layer."""
+    match = BLOCK_LAYER.fullmatch(layer)
+    return (int(match[1]), int(match[2])) if match else None
+
+
+def stage_of(layer: str, stages: int) -> int | None:
+    """The stage of a top-level layer of a ResNet's params with `stages` stages counting the stem: stem* 0,
+    stage<i>_block<j> i, final_norm the last one; None for the head's layers."""
+    if is_head(layer):
+        return None
+    if layer.startswith("stem"):
+        return 0
+    if layer == "final_norm":
+        return stages - 1
+    index = block_index(layer)
+    if index is None:
+        raise ValueError(f"cannot tell which stage layer {layer!r} belongs to "
+                         "(stem*, stage<i>_block<j>, final_norm, head*)")
+    return index[0]
+
+
+def forward_order(layer: str) -> tuple[int, list[int | str]]:
+    """A sort key putting top-level layers in the order the forward pass runs them: stem, the blocks by stage and
+    index (other layers among them, by name with its numbers read as numbers), final_norm, head_hidden<i>, head."""
+    rank = 0 if layer.startswith("stem") else {"final_norm": 2, "head": 4}.get(layer, 3 if is_head(layer) else 1)
+    return rank, [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", layer)]
+
+
+def check_choice(what: str, value: Any, choices: Sequence[Any]) -> None:
+    if value not in choices:
+        raise ValueError(f"unknown {what} {value!r}; choose one of {', '.join(map(repr, choices))}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """Where other frameworks' ResNets differ from torchvision's (the defaults) in weights or numbers, not in kind.
+
+    The zoo's wide_resnet* and keras_* names set them, so that those frameworks' weights (resnet_jax.pretrained)
+    reproduce their outputs. Options of the bottleneck, pre-activation or post-activation blocks only apply to them.
+    """
+
+    inner_widths: tuple[int, ...] = ()  # bottleneck 1x1/3x3 widths per stage; () = widths (wide ResNets double them)
+    bottleneck_stride: str = ""  # '1x1' or '3x3'; '' = the version's: '1x1' for v1, '3x3' for v1.5 and v2
+    downsample: str = "first"  # the block that strides: 'first' of stages 2.. (He et al.), 'last' of ..n-1 (Keras V2)
+    conv_bias: str = "none"  # 'none', 'all' (Keras), 'unnormalized' (convs without a BN of their own: Keras V2)
+    padding: str = "symmetric"  # 'symmetric' (k // 2 a side) or 'same' (TF/Keras Conv2D(padding='same'))
+    pool_padding: str = "ignore"  # stem max-pool border: 'ignore' (-inf) or 'zeros' (Keras applications)
+    projection_norm: bool = True  # v1/v1.5: BN after the projection conv (False: the Keras seed's bare conv)
+    projection_from: str = "preact"  # v2: the projection reads the 'preact' (He et al.) or the raw 'input' (Keras seed)
+    preact_stem_norm: bool = False  # v2: BN-ReLU after the stem conv, the first block's pre-activation (Keras seed)
+
+    def __post_init__(self):
+        object.__setattr__(self, "inner_widths", tuple(self.inner_widths))
+        check_choice("bottleneck_stride", self.bottleneck_stride, ("", "1x1", "3x3"))
+        check_choice("downsample", self.downsample, ("first", "last"))
+        check_choice("conv_bias", self.conv_bias, ("none", "all", "unnormalized"))
+        check_choice("padding", self.padding, ("symmetric", "same"))
+        check_choice("pool_padding", self.pool_padding, ("ignore", "zeros"))
+        check_choice("projection_from", self.projection_from, ("preact", "input"))
+
+
 class ResNet(nn.Module):
     """A residual (or, with residual=False, plain) network.
 
-    stem: 'cifar' (3x3 conv, 16 filters) or 'imagenet' (7x7/2 conv + 3x3/2 max-pool).
-    bn_momentum is the running-average decay: Flax/Keras 0.9 (Keras' default 0.99) correspond to
-    PyTorch's momentum 1 - decay, i.e. PyTorch's default 0.1 is bn_momentum=0.9.
-
-    The layout options after `act` default to torchvision's layout; other frameworks' ResNets set them (the zoo's
-    wide_resnet*, keras_* names): see each field's comment.
-    Head: head_pooling 'avg' (global average, the default) or 'flatten' (the seeds' Flatten), then `Head`.
-    frozen_bn_stages: the first K stages (stem = stage 0, then stage1...; -1 = all, final_norm included) run
-    BatchNorm on their running statistics and leave them unchanged, also when train=True.
-    conv_general_dilated: what every conv calls; the default gives lax's numbers, faster on CPU (resnet_jax.xla_cpu).
+    block: a registered block name (`register_block`; 'basic', 'bottleneck'); version picks its post-activation
+    (v1, v1.5) or pre-activation (v2) class. stem: 'cifar' (3x3 conv, 16 filters) or 'imagenet' (7x7/2 conv + 3x3/2
+    max-pool). bn_momentum is the running-average decay: PyTorch's momentum 0.1 is bn_momentum=0.9 here.
+    layout: the framework-exact variants (`Layout`). conv: the conv module every conv is (compute only; the default
+    gives lax's numbers, faster on XLA:CPU: resnet_jax.xla_cpu). Head: head_pooling 'avg' (global average) or
+    'flatten' (the seeds' Flatten), then `Head`. frozen_bn_stages: the first K stages (stem = stage 0; -1 = all,
+    final_norm included) run BatchNorm on their running statistics and leave them unchanged, also when train=True.
     """
 
     stage_sizes: Sequence[int]
     widths: Sequence[int]
     num_classes: int
-    block: str = "basic"  # 'basic' or 'bottleneck'
+    block: str = "basic"
     version: str = "v1.5"  # 'v1', 'v1.5' or 'v2'
     stem: str = "imagenet"
     shortcut: str = "B"  # 'A', 'B', 'C', or 'B-channels' (projection only where the channel count changes)
@@ -277,125 +375,94 @@ class ResNet(nn.Module):
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     act: Callable = nn.relu
-    # Bottleneck 1x1/3x3 widths per stage; () = widths (the output is always widths x 4). Wide ResNets double them.
-    inner_widths: Sequence[int] = ()
-    bottleneck_stride: str = ""  # '1x1' or '3x3'; '' = the version's: '1x1' for v1, '3x3' for v1.5 and v2
-    downsample: str = "first"  # the block that strides: 'first' of stages 2.. (He et al.), 'last' of stages ..n-1 (Keras V2)
-    conv_bias: str = "none"  # 'none', 'all' (Keras), 'unnormalized' (convs without a BN of their own: Keras V2)
-    padding: str = "symmetric"  # 'symmetric' (k // 2 a side) or 'same' (TF/Keras Conv2D(padding='same'))
-    pool_padding: str = "ignore"  # stem max-pool border: 'ignore' (-inf) or 'zeros' (Keras applications)
-    projection_norm: bool = True  # v1/v1.5: BN after the projection conv (False: the Keras seed's bare conv)
-    projection_from: str = "preact"  # v2: the projection reads the 'preact' (He et al.) or the raw 'input' (Keras seed)
-    preact_stem_norm: bool = False  # v2: BN-ReLU after the stem conv, the first block's pre-activation (Keras seed)
     kernel_init: Callable = conv_init  # convs
     head_init: Callable = nn.initializers.lecun_normal()  # the classifier's kernel
     head_pooling: str = "avg"  # 'avg' | 'flatten'
     head_hidden: Sequence[int] = ()
     head_dropout: float = 0.0
     frozen_bn_stages: int = 0
-    conv_general_dilated: Callable = xla_cpu.conv_general_dilated
+    conv: ModuleDef = xla_cpu.Conv
+    layout: Layout = Layout()
 
     def __post_init__(self):
-        check_choice("block", self.block, ("basic", "bottleneck"))
         check_choice("version", self.version, ("v1", "v1.5", "v2"))
+        block = block_class(self.block, self.version)
         check_choice("stem", self.stem, ("cifar", "imagenet"))
         check_choice("shortcut", self.shortcut, ("A", "B", "C", "B-channels"))
-        check_choice("bottleneck_stride", self.bottleneck_stride, ("", "1x1", "3x3"))
-        check_choice("downsample", self.downsample, ("first", "last"))
-        check_choice("conv_bias", self.conv_bias, ("none", "all", "unnormalized"))
-        check_choice("padding", self.padding, ("symmetric", "same"))
-        check_choice("pool_padding", self.pool_padding, ("ignore", "zeros"))
-        check_choice("projection_from", self.projection_from, ("preact", "input"))
+        check_choice("head_pooling", self.head_pooling, ("avg", "flatten"))
         if len(self.widths) != len(self.stage_sizes):
             raise ValueError(f"widths {tuple(self.widths)} and stage_sizes {tuple(self.stage_sizes)} differ in length")
-        if self.inner_widths and (self.block != "bottleneck" or len(self.inner_widths) != len(self.stage_sizes)):
+        options = block.__dataclass_fields__
+        inner = self.layout.inner_widths
+        if inner and ("inner" not in options or len(inner) != len(self.stage_sizes)):
             raise ValueError(
-                f"inner_widths {tuple(self.inner_widths)} needs bottleneck blocks and one width per stage "
+                f"inner_widths {inner} needs bottleneck blocks (a block with an `inner` field) and one width per stage "
                 f"({len(self.stage_sizes)}); got block={self.block!r}"
             )
-        if self.zero_init_residual and self.version == "v2":
-            raise ValueError("zero_init_residual needs a BN at the end of each block: use version 'v1' or 'v1.5'")
-        if self.version != "v2" and (self.preact_stem_norm or self.projection_from != "preact"):
-            raise ValueError("preact_stem_norm and projection_from are options of pre-activation nets: use version 'v2'")
-        check_choice("head_pooling", self.head_pooling, ("avg", "flatten"))
+        if self.zero_init_residual and "zero_init_last" not in options:
+            raise ValueError(f"zero_init_residual needs a BN at the end of each block ({block.__name__} has none): "
+                             "use version 'v1' or 'v1.5'")
+        preact_options = self.layout.preact_stem_norm or self.layout.projection_from != "preact"
+        if preact_options and not {"preactivated", "projection_from"} <= set(options):
+            raise ValueError("preact_stem_norm and projection_from are options of pre-activation blocks: "
+                             "use version 'v2'")
         if not 0 <= self.head_dropout < 1:
             raise ValueError(f"head_dropout is a drop probability in [0, 1); got {self.head_dropout}")
         stages = len(self.stage_sizes) + 1
         if not -1 <= self.frozen_bn_stages <= stages:
-            raise ValueError(f"frozen_bn_stages={self.frozen_bn_stages}: this network has {stages} stages (stem = stage 0); "
-                             f"use 0..{stages}, or -1 for all")
+            raise ValueError(f"frozen_bn_stages={self.frozen_bn_stages}: this network has {stages} stages "
+                             f"(stem = stage 0); use 0..{stages}, or -1 for all")
         super().__post_init__()
 
     def block_strides(self, stage: int, index: int) -> int:
         """2 for the one block of a stage that downsamples, else 1."""
-        if self.downsample == "first":
+        if self.layout.downsample == "first":
             return 2 if stage > 0 and index == 0 else 1
         return 2 if stage < len(self.stage_sizes) - 1 and index == self.stage_sizes[stage] - 1 else 1
 
     def block_options(self, stage: int, index: int) -> dict[str, Any]:
-        """The fields of block `index` of `stage` beyond those every block takes."""
-        options: dict[str, Any] = {}
-        if self.block == "bottleneck":
-            options["inner"] = self.inner_widths[stage] if self.inner_widths else 0
-            options["stride_on_3x3"] = self.bottleneck_stride == "3x3" or (not self.bottleneck_stride and self.version != "v1")
-        if self.version == "v2":
-            options["projection_from"] = self.projection_from
-            options["preactivated"] = self.preact_stem_norm and stage == index == 0
-        else:
-            options["zero_init_last"] = self.zero_init_residual
-            options["projection_norm"] = self.projection_norm
-        return options
+        """Of the per-block options below, those that are fields of the block's class (a block declares its own)."""
+        layout = self.layout
+        options = dict(
+            inner=layout.inner_widths[stage] if layout.inner_widths else 0,
+            stride_on_3x3=layout.bottleneck_stride == "3x3" or (not layout.bottleneck_stride and self.version != "v1"),
+            zero_init_last=self.zero_init_residual,
+            projection_norm=layout.projection_norm,
+            projection_from=layout.projection_from,
+            preactivated=layout.preact_stem_norm and stage == index == 0,
+        )
+        fields = block_class(self.block, self.version).__dataclass_fields__
+        return {k: v for k, v in options.items() if k in fields}
 
     @nn.compact
-    def __call__(self, x, train: bool = False):
-        conv = partial(
-            conv2d,
-            padding=self.padding,
-            bias=self.conv_bias,
-            kernel_init=self.kernel_init,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            conv_general_dilated=self.conv_general_dilated,
-        )
+    def __call__(self, x, *, train: bool):
+        layout = self.layout
+        conv = partial(conv2d, padding=layout.padding, bias=layout.conv_bias, kernel_init=self.kernel_init,
+                       module=self.conv, dtype=self.dtype, param_dtype=self.param_dtype)
         last_stage = len(self.stage_sizes)
         frozen = last_stage + 1 if self.frozen_bn_stages == -1 else self.frozen_bn_stages
 
         def norm_of(stage: int):
             # Statistics are reduced in float32 whatever the compute dtype (Flax's default).
-            return partial(
-                nn.BatchNorm,
-                use_running_average=not train or stage < frozen,
-                momentum=self.bn_momentum,
-                epsilon=self.bn_epsilon,
-                dtype=self.dtype,
-                param_dtype=self.param_dtype,
-            )
+            return partial(nn.BatchNorm, use_running_average=not train or stage < frozen, momentum=self.bn_momentum,
+                           epsilon=self.bn_epsilon, dtype=self.dtype, param_dtype=self.param_dtype)
 
-        norm = norm_of(0)
         preact = self.version == "v2"
-        stem_norm = not preact or self.preact_stem_norm
+        stem_norm = not preact or layout.preact_stem_norm
         x = jnp.asarray(x, self.dtype)
         kernel, strides = ((7, 7), 2) if self.stem == "imagenet" else ((3, 3), 1)
         x = conv(self.widths[0], kernel, strides, normalized=stem_norm, name="stem_conv")(x)
         if stem_norm:
-            x = self.act(norm(name="stem_norm")(x))
+            x = self.act(norm_of(0)(name="stem_norm")(x))
         if self.stem == "imagenet":
-            x = stem_max_pool(x, self.padding, self.pool_padding)
+            x = stem_max_pool(x, layout.padding, layout.pool_padding)
 
-        block_cls = BLOCKS[(self.block, preact)]
-        for i, (n_blocks, filters) in enumerate(zip(self.stage_sizes, self.widths)):
+        block = block_class(self.block, self.version)
+        for i, (n_blocks, filters) in enumerate(zip(self.stage_sizes, self.widths, strict=True)):
             for j in range(n_blocks):
-                x = block_cls(
-                    filters,
-                    conv=conv,
-                    norm=norm_of(i + 1),
-                    act=self.act,
-                    strides=self.block_strides(i, j),
-                    shortcut=self.shortcut,
-                    residual=self.residual,
-                    name=f"stage{i + 1}_block{j + 1}",
-                    **self.block_options(i, j),
-                )(x)
+                x = block(filters, conv=conv, norm=norm_of(i + 1), act=self.act, strides=self.block_strides(i, j),
+                          shortcut=self.shortcut, residual=self.residual, name=f"stage{i + 1}_block{j + 1}",
+                          **self.block_options(i, j))(x)
         if preact:
             x = self.act(norm_of(last_stage)(name="final_norm")(x))
         x = jnp.mean(x, axis=(1, 2)) if self.head_pooling == "avg" else x.reshape(x.shape[0], -1)
@@ -404,12 +471,7 @@ class ResNet(nn.Module):
         head = head_of(self)
         nn.share_scope(self, head)  # the head's layers are top-level layers of this model
         # Logits in at least float32 (bfloat16 compute) and float64 when the model computes in float64.
-        return jnp.asarray(head(x, train), jnp.promote_types(self.dtype, jnp.float32))
-
-
-def check_choice(what: str, value: Any, choices: Sequence[Any]) -> None:
-    if value not in choices:
-        raise ValueError(f"unknown {what} {value!r}; choose one of {', '.join(map(repr, choices))}")
+        return jnp.asarray(head(x, train=train), jnp.promote_types(self.dtype, jnp.float32))
 
 
 # ---- The model zoo -------------------------------------------------------------------------------
@@ -430,44 +492,35 @@ PreActCifarResNet = partial(ResNet, widths=(16, 32, 64), stem="cifar", block="bo
 ImageNetResNet = partial(ResNet, widths=(64, 128, 256, 512), stem="imagenet", version="v1.5", shortcut="B")
 
 # Other frameworks' ResNets, layer for layer, so that their weights load (resnet_jax.pretrained).
-KerasResNet = partial(  # keras.applications.ResNet50/101/152
-    ImageNetResNet, block="bottleneck", version="v1", conv_bias="all", bn_epsilon=1.001e-5, pool_padding="zeros"
-)
-KerasResNetV2 = partial(  # keras.applications.ResNet50V2/101V2/152V2
-    KerasResNet, version="v2", conv_bias="unnormalized", downsample="last", shortcut="B-channels"
-)
+KERAS_LAYOUT = Layout(conv_bias="all", pool_padding="zeros")  # keras.applications.ResNet50/101/152
+KERAS_V2_LAYOUT = dataclasses.replace(KERAS_LAYOUT, conv_bias="unnormalized", downsample="last")  # ResNet50V2/...
+KerasResNet = partial(ImageNetResNet, block="bottleneck", version="v1", bn_epsilon=1.001e-5, layout=KERAS_LAYOUT)
+KerasResNetV2 = partial(KerasResNet, version="v2", shortcut="B-channels", layout=KERAS_V2_LAYOUT)
 # The Keras seed (keras.io's CIFAR-10 ResNet example): biased 'same' convs, he_normal, Keras' BN defaults.
 KERAS_CIFAR = dict(
     widths=(16, 32, 64),
     stem="cifar",
     shortcut="B",
-    conv_bias="all",
-    padding="same",
     bn_momentum=0.99,
     bn_epsilon=1e-3,
     kernel_init=keras_he_normal,
     head_init=keras_he_normal,
 )
+KERAS_CIFAR_LAYOUT = Layout(conv_bias="all", padding="same")
 KERAS_CIFAR_VERSIONS = {
     # resnet_v1: basic blocks; the projection is a bare strided 1x1 conv.
-    "v1": dict(KERAS_CIFAR, block="basic", version="v1", projection_norm=False),
+    "v1": dict(KERAS_CIFAR, block="basic", version="v1",
+               layout=dataclasses.replace(KERAS_CIFAR_LAYOUT, projection_norm=False)),
     # resnet_v2: bottlenecks 16/64/128 wide with outputs 64/128/256, strided first 1x1, the projection fed the raw
     # block input, and the stem's BN-ReLU serving as the first block's pre-activation.
-    "v2": dict(
-        KERAS_CIFAR,
-        block="bottleneck",
-        version="v2",
-        inner_widths=(16, 64, 128),
-        bottleneck_stride="1x1",
-        projection_from="input",
-        preact_stem_norm=True,
-    ),
+    "v2": dict(KERAS_CIFAR, block="bottleneck", version="v2", layout=dataclasses.replace(
+        KERAS_CIFAR_LAYOUT, inner_widths=(16, 64, 128), bottleneck_stride="1x1", projection_from="input",
+        preact_stem_norm=True)),
 }
 NAMED_MODELS = {
     **{
-        f"wide_resnet{d}_2": dict(
-            ImageNetResNet.keywords, block="bottleneck", stage_sizes=IMAGENET_STAGES[d][1], inner_widths=(128, 256, 512, 1024)
-        )
+        f"wide_resnet{d}_2": dict(ImageNetResNet.keywords, block="bottleneck", stage_sizes=IMAGENET_STAGES[d][1],
+                                  layout=Layout(inner_widths=(128, 256, 512, 1024)))
         for d in (50, 101)
     },
     **{f"keras_resnet{d}": dict(KerasResNet.keywords, stage_sizes=IMAGENET_STAGES[d][1]) for d in (50, 101, 152)},

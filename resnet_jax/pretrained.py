@@ -2,7 +2,7 @@
 
     model = create_model("resnet50", num_classes=10)
     backbone = load_pretrained("resnet50-11ad3fa6.pth", "torchvision", model)  # {'params', 'batch_stats'}, no 'head'
-    variables = model.init(key, x)  # then put `backbone` into it: the head stays the fresh 10-class one
+    variables = model.init(key, x, train=False)  # then put `backbone` into it: the head stays the fresh 10-class one
 
 Files: torchvision state dicts (.pth/.pt, or the same tensors as .safetensors) of resnet18/34/50/101/152 and
 wide_resnet50_2/101_2; timm's plain ResNets of those depths (resnet50.a1_in1k, .tv_in1k, .gluon_in1k, ...), which
@@ -84,7 +84,8 @@ PUBLISHED = {
     **{("keras", f"keras_{name}"): _keras(name) for name in ("resnet50", "resnet101", "resnet152")},
     **{("keras", f"keras_{name}"): _keras(name) for name in ("resnet50v2", "resnet101v2", "resnet152v2")},
 }
-TORCH_ARCHITECTURES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnet200", "wide_resnet50_2", "wide_resnet101_2")
+TORCH_ARCHITECTURES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnet200", "wide_resnet50_2",
+                       "wide_resnet101_2")
 KERAS_ARCHITECTURES = tuple(name for fmt, name in PUBLISHED if fmt == "keras")
 
 
@@ -123,23 +124,24 @@ def download(name: str, fmt: str = "torchvision", cache_dir: str | Path | None =
 
 # ---- Model layouts ---------------------------------------------------------------------------------
 
-# Fields that do not change which weights a network has or what it computes with them in eval mode.
-# Fields a file's tensors say nothing of: training behaviour, initialisers, and the head a transfer run puts on the
-# backbone (its shapes are checked where the head is loaded, keep_head=True).
+# Fields a file's tensors say nothing of: training behaviour, initialisers, the conv module (compute only), and the
+# head a transfer run puts on the backbone (its shapes are checked where the head is loaded, keep_head=True).
 FREE_FIELDS = {"num_classes", "dtype", "param_dtype", "bn_momentum", "zero_init_residual", "kernel_init", "head_init",
-               "head_pooling", "head_hidden", "head_dropout", "frozen_bn_stages"}
+               "head_pooling", "head_hidden", "head_dropout", "frozen_bn_stages", "conv"}
 
 
 def layout(fields: Mapping[str, Any]) -> dict[str, Any]:
-    """The ResNet fields (defaults filled in) that decide a network's weights and eval-mode function, normalised
-    so that equal networks compare equal (inner_widths () = widths, bottleneck_stride '' = the version's)."""
+    """The ResNet fields (defaults filled in, `Layout`'s flattened in) that decide a network's weights and eval-mode
+    function, normalised so that equal networks compare equal (inner_widths () = widths, bottleneck_stride '' =
+    the version's)."""
     defaults = {f.name: f.default for f in dataclasses.fields(ResNet) if f.default is not dataclasses.MISSING}
     full = {**defaults, **fields}
-    out = {k: v for k, v in full.items() if k not in FREE_FIELDS | {"parent", "name"}}
+    out = {k: v for k, v in full.items() if k not in FREE_FIELDS | {"parent", "name", "layout"}}
+    out.update(dataclasses.asdict(full["layout"]), stage_sizes=tuple(full["stage_sizes"]), widths=tuple(full["widths"]))
     bottleneck = full["block"] == "bottleneck"
-    out.update(stage_sizes=tuple(full["stage_sizes"]), widths=tuple(full["widths"]))
-    out["inner_widths"] = tuple(full["inner_widths"]) or (out["widths"] if bottleneck else ())
-    out["bottleneck_stride"] = (full["bottleneck_stride"] or ("1x1" if full["version"] == "v1" else "3x3")) if bottleneck else ""
+    out["inner_widths"] = out["inner_widths"] or (out["widths"] if bottleneck else ())
+    version_stride = "1x1" if full["version"] == "v1" else "3x3"
+    out["bottleneck_stride"] = (out["bottleneck_stride"] or version_stride) if bottleneck else ""
     return out
 
 
@@ -162,7 +164,6 @@ def abstract_variables(model: ResNet) -> dict[VarPath, jax.ShapeDtypeStruct]:
 
 LEAF_TORCH = {"kernel": "weight", "scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var"}
 LEAF_KERAS_NORM = {"scale": "gamma", "bias": "beta", "mean": "moving_mean", "var": "moving_variance"}
-BLOCK = re.compile(r"stage(\d+)_block(\d+)")
 INDEXED = re.compile(r"(Conv|BatchNorm)_(\d+)")
 
 
@@ -173,14 +174,14 @@ def is_norm(module: str) -> bool:
 def torch_key(path: VarPath) -> str:
     """('params', 'stage2_block1', 'Conv_0', 'kernel') -> 'layer2.0.conv1.weight' (torchvision's ResNet names)."""
     _, *modules, leaf = path
-    block = BLOCK.fullmatch(modules[0])
+    block = models.block_index(modules[0])
     if block:
         inner = modules[1]
         indexed = INDEXED.fullmatch(inner)
         if indexed:
             inner = f"{'conv' if indexed[1] == 'Conv' else 'bn'}{int(indexed[2]) + 1}"
         inner = {"shortcut_conv": "downsample.0", "shortcut_norm": "downsample.1"}.get(inner, inner)
-        module = f"layer{block[1]}.{int(block[2]) - 1}.{inner}"
+        module = f"layer{block[0]}.{block[1] - 1}.{inner}"
     else:
         module = {"stem_conv": "conv1", "stem_norm": "bn1", "head": "fc"}.get(modules[0], ".".join(modules))
     return f"{module}.{LEAF_TORCH[leaf]}"
@@ -189,7 +190,7 @@ def torch_key(path: VarPath) -> str:
 def keras_key(path: VarPath, version: str) -> str:
     """('params', 'stage2_block1', 'Conv_0', 'kernel') -> 'conv3_block1_1_conv/kernel' (Keras applications' names)."""
     _, *modules, leaf = path
-    block = BLOCK.fullmatch(modules[0])
+    block = models.block_index(modules[0])
     if block:
         inner = modules[1]
         indexed = INDEXED.fullmatch(inner)
@@ -201,11 +202,10 @@ def keras_key(path: VarPath, version: str) -> str:
             suffix = "preact_bn" if indexed[2] == "0" else f"{indexed[2]}_bn"
         else:
             suffix = f"{int(indexed[2]) + 1}_bn"
-        layer = f"conv{int(block[1]) + 1}_block{block[2]}_{suffix}"
+        layer = f"conv{block[0] + 1}_block{block[1]}_{suffix}"
     else:
-        layer = {"stem_conv": "conv1_conv", "stem_norm": "conv1_bn", "final_norm": "post_bn", "head": "predictions"}.get(
-            modules[0], modules[0]
-        )
+        names = {"stem_conv": "conv1_conv", "stem_norm": "conv1_bn", "final_norm": "post_bn", "head": "predictions"}
+        layer = names.get(modules[0], modules[0])
     return f"{layer}/{LEAF_KERAS_NORM[leaf] if is_norm(modules[-1]) else leaf}"
 
 
@@ -218,11 +218,8 @@ def keras_kind(module: str) -> str:
 
 def creation_order(modules: tuple[str, ...]) -> tuple:
     """Sort key putting our modules in the order the model creates them (stem, blocks' layers, shortcut, head)."""
-    block = BLOCK.fullmatch(modules[0])
-    if not block:
-        return (0,) if modules[0].startswith("stem") else (2,)
-    indexed = INDEXED.fullmatch(modules[1])
-    return 1, int(block[1]), int(block[2]), int(indexed[2]) if indexed else 99
+    indexed = INDEXED.fullmatch(modules[1]) if len(modules) > 1 else None
+    return *models.forward_order(modules[0]), int(indexed[2]) if indexed else 99
 
 
 def keras_default_names(paths: list[VarPath], tensors: Mapping[str, np.ndarray]) -> dict[VarPath, str]:
@@ -283,14 +280,16 @@ def torch_architecture(tensors: Mapping[str, np.ndarray]) -> dict[str, Any] | No
         return None
     bottleneck = "layer1.0.conv3.weight" in tensors
     first = [tensors[f"layer{i}.0.conv1.weight"].shape[0] for i in range(1, len(stages) + 1)]
-    widths = [tensors[f"layer{i}.0.conv3.weight"].shape[0] // 4 for i in range(1, len(stages) + 1)] if bottleneck else first
+    widths = first
+    if bottleneck:  # the 1x1/3x3 width is `first`, the block's output 4x its width
+        widths = [tensors[f"layer{i}.0.conv3.weight"].shape[0] // 4 for i in range(1, len(stages) + 1)]
     return layout(
         dict(
             models.ImageNetResNet.keywords,
             block="bottleneck" if bottleneck else "basic",
             stage_sizes=stages,
             widths=widths,
-            inner_widths=first if bottleneck else (),
+            layout=models.Layout(inner_widths=first if bottleneck else ()),
         )
     )
 
@@ -310,7 +309,8 @@ def keras_architecture(tensors: Mapping[str, np.ndarray]) -> dict[str, Any] | No
 
 
 def keras_seed_name(tensors: Mapping[str, np.ndarray]) -> str | None:
-    """The Keras seed network (keras_cifar_resnet<depth>_v1/_v2) with the layer counts of a default-named file, or None."""
+    """The Keras seed network (keras_cifar_resnet<depth>_v1/_v2) with the layer counts of a default-named file, or
+    None."""
     kinds = [KERAS_DEFAULT_NAME.fullmatch(layer)[1] for layer in {key.split("/")[0] for key in tensors}]
     convs, norms = kinds.count("conv2d"), kinds.count("batch_normalization")
     if convs > 3 and (convs - 3) % 6 == 0 and norms == convs - 2:  # stem + 2 a block + 2 projections
@@ -341,7 +341,8 @@ def resolve_format(path: Path, fmt: str) -> str:
     wanted = {"torchvision": "torch", "timm": "torch", "keras": "keras"}.get(fmt, kind)
     if wanted != kind:
         right = "'keras'" if kind == "keras" else "'torchvision' or 'timm'"
-        raise PretrainedWeightsError(f"{path.name} is a {'Keras' if kind == 'keras' else 'PyTorch'} file, not {fmt}: use fmt={right}")
+        framework = "Keras" if kind == "keras" else "PyTorch"
+        raise PretrainedWeightsError(f"{path.name} is a {framework} file, not {fmt}: use fmt={right}")
     return kind
 
 
@@ -356,7 +357,8 @@ def read_torch(path: Path) -> dict[str, np.ndarray]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise PretrainedWeightsError(f"{path.name} is not a plain state dict: loading it would run code, which is refused ({e})") from e
+        raise PretrainedWeightsError(
+            f"{path.name} is not a plain state dict: loading it would run code, which is refused ({e})") from e
     for key in ("state_dict", "model", "state_dict_ema"):  # training checkpoints wrap the state dict
         if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
             obj = obj[key]
@@ -366,11 +368,12 @@ def read_torch(path: Path) -> dict[str, np.ndarray]:
 
 
 def read_keras(path: Path) -> dict[str, np.ndarray]:
-    """{'layer/weight': array} from a Keras HDF5 weights file (layers at the top) or model file (under model_weights/)."""
+    """{'layer/weight': array} from a Keras HDF5 weights file (layers at the top) or model file (under
+    model_weights/)."""
     import h5py
 
     with h5py.File(path, "r") as f:
-        root = f["model_weights"] if "model_weights" in f else f
+        root = f.get("model_weights", f)
         if "layer_names" not in root.attrs:
             raise PretrainedWeightsError(
                 f"{path.name} has no layer names (a Keras 3 .weights.h5 file names layers by class, not by name); "
@@ -402,7 +405,8 @@ def load_pretrained(path: str | Path, fmt: str, model: ResNet, *, keep_head: boo
     if not path.is_file():
         raise FileNotFoundError(missing_file_message(path, fmt, model))
     tensors = read_torch(path) if kind == "torch" else read_keras(path)
-    return from_tensors(tensors, fmt if fmt != "auto" else ("keras" if kind == "keras" else "torchvision"), model, keep_head=keep_head, source=path.name)
+    fmt = fmt if fmt != "auto" else ("keras" if kind == "keras" else "torchvision")
+    return from_tensors(tensors, fmt, model, keep_head=keep_head, source=path.name)
 
 
 def missing_file_message(path: Path, fmt: str, model: ResNet) -> str:
@@ -441,7 +445,9 @@ def describe(match: FileMatch, fmt: str) -> str:
     return f"a {fmt}-layout ResNet{head}: " + ", ".join(f"{k}={v!r}" for k, v in shown.items())
 
 
-def match_file(tensors: Mapping[str, np.ndarray], fmt: str, model: ResNet, paths: list[VarPath], source: str) -> FileMatch:
+def match_file(
+    tensors: Mapping[str, np.ndarray], fmt: str, model: ResNet, paths: list[VarPath], source: str
+) -> FileMatch:
     """Our variables' names in the file, and what network the file holds."""
     if fmt in ("torchvision", "timm"):
         variant = torch_variant(tensors)
@@ -475,7 +481,8 @@ def from_tensors(
     # The hidden layers of a transfer head (head_hidden<i>) are in no published file: they always start afresh.
     expected = {p: v for p, v in abstract_variables(model).items() if p[1] == "head" or not is_head(p[1])}
     # In the order the model creates them (conv before its BN, params before statistics), for readable messages.
-    paths = sorted(expected, key=lambda p: (creation_order(p[1:-1]), keras_kind(p[-2]) != "conv2d", p[0] != "params", p[-1]))
+    paths = sorted(
+        expected, key=lambda p: (creation_order(p[1:-1]), keras_kind(p[-2]) != "conv2d", p[0] != "params", p[-1]))
     match = match_file(tensors, fmt, model, paths, source)
     head_keys = {match.names[p] for p in paths if p[1] == "head"}
     if not keep_head:
@@ -490,7 +497,8 @@ def from_tensors(
             continue
         value = match.to_ours(tensors[key])
         if value.shape != expected[p].shape:
-            misshaped.append(f"{key} {tensors[key].shape} (as ours {value.shape}; the model's {'/'.join(p[1:])} is {expected[p].shape})")
+            misshaped.append(f"{key} {tensors[key].shape} (as ours {value.shape}; "
+                             f"the model's {'/'.join(p[1:])} is {expected[p].shape})")
             continue
         dtype = expected[p].dtype if p[0] == "params" else jnp.promote_types(expected[p].dtype, model.param_dtype)
         flat[p] = value.astype(dtype)
@@ -501,12 +509,14 @@ def from_tensors(
         lines = [f"{source} ({fmt}) cannot load into this model: the file holds {describe(match, fmt)}"]
         if differ:
             lines.append(f"model options that differ from the file's network: {'; '.join(differ)}")
-        for what, keys in (("missing from the file", missing), ("unexpected in the file", unexpected), ("mis-shaped", misshaped)):
+        for what, keys in (("missing from the file", missing), ("unexpected in the file", unexpected),
+                           ("mis-shaped", misshaped)):
             if keys:
                 shown = ", ".join(keys[:8]) + (f", ... ({len(keys) - 8} more)" if len(keys) > 8 else "")
                 lines.append(f"{what} ({len(keys)}): {shown}")
         if keep_head and any(key.split(" ")[0] in head_keys for key in missing + misshaped):
-            lines.append(f"the file's head has {match.classes or 'no'} classes, the model {model.num_classes}: pass keep_head=False for a new head")
+            lines.append(f"the file's head has {match.classes or 'no'} classes, the model {model.num_classes}: "
+                         "pass keep_head=False for a new head")
         raise PretrainedWeightsError("\n  ".join(lines))
     return traverse_util.unflatten_dict(flat)
 
@@ -519,12 +529,12 @@ def torchvision_state_dict(variables: Mapping[str, Any], model: ResNet) -> dict[
     ours = model_layout(model)
     torchvision = layout(dict(models.ImageNetResNet.keywords, block=model.block, stage_sizes=model.stage_sizes))
     inner = ours["inner_widths"]
-    expressible = {k: v for k, v in ours.items() if k != "inner_widths"} == {k: v for k, v in torchvision.items() if k != "inner_widths"}
-    if not expressible or (inner and len({i / w for i, w in zip(inner, ours["widths"])}) != 1):
-        differ = [f"{k}={ours[k]!r} (torchvision: {torchvision[k]!r})" for k in ours if k != "inner_widths" and ours[k] != torchvision[k]]
+    differ = [f"{k}={ours[k]!r} (torchvision: {torchvision[k]!r})" for k in ours
+              if k != "inner_widths" and ours[k] != torchvision[k]]
+    if differ or (inner and len({i / w for i, w in zip(inner, ours["widths"], strict=True)}) != 1):
         raise PretrainedWeightsError(
-            "torchvision's ResNet cannot run this model: " + ("; ".join(differ) or f"inner_widths={inner} (one width_per_group)")
-        )
+            "torchvision's ResNet cannot run this model: "
+            + ("; ".join(differ) or f"inner_widths={inner} (one width_per_group)"))
     flat = traverse_util.flatten_dict({c: variables[c] for c in ("params", "batch_stats")})
     return {torch_key(p): np.ascontiguousarray(to_torch_layout(np.asarray(v))) for p, v in flat.items()}
 

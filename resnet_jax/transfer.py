@@ -12,7 +12,6 @@ Frozen parameters get no update, no weight decay and no optimizer state (optax.m
 their BatchNorm runs on the running statistics and leaves them unchanged (the model's frozen_bn_stages).
 """
 
-import re
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
@@ -28,11 +27,10 @@ from jax.sharding import PartitionSpec as P
 from resnet_jax import optim
 from resnet_jax.checkpoints import Checkpoints, check_compatible, leaf_shapes, saved_best_metric
 from resnet_jax.data import Pipeline
-from resnet_jax.models import ResNet, head_of, is_head
+from resnet_jax.models import ResNet, head_of, is_head, stage_of
 
 FORMATS = ("checkpoint", "torchvision", "timm", "keras")  # '' = no init_from: a fresh initialisation
 PRETRAINED_FORMATS = FORMATS[1:]
-STAGE_LAYER = re.compile(r"stage(\d+)_block\d+")
 
 
 def init_from_config() -> ml_collections.ConfigDict:
@@ -62,20 +60,6 @@ def transfer_config() -> ml_collections.ConfigDict:
 def num_stages(model: ResNet) -> int:
     """The stem and the residual stages."""
     return len(model.stage_sizes) + 1
-
-
-def stage_of(layer: str, stages: int) -> int | None:
-    """The stage of a top-level layer (stem 0, stage<i>_block<j> i, final_norm the last one); None for the head."""
-    if is_head(layer):
-        return None
-    if layer.startswith("stem"):
-        return 0
-    if layer == "final_norm":
-        return stages - 1
-    match = STAGE_LAYER.fullmatch(layer)
-    if match is None:
-        raise ValueError(f"cannot tell which stage layer {layer!r} belongs to (stem*, stage<i>_block<j>, final_norm, head*)")
-    return int(match.group(1))
 
 
 def frozen_count(freeze_stages: int, model: ResNet) -> int:

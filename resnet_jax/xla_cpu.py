@@ -10,8 +10,10 @@ compiler option. Measured in benchmarks/cpu_gap.py; the analysis is in benchmark
   slower here than XLA's Eigen ones, while its reductions (BatchNorm statistics) are faster than XLA's own.
 """
 
+from collections.abc import Callable
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jaxlib
 from jax import lax
@@ -45,3 +47,10 @@ def compiler_options(platform: str) -> dict[str, Any] | None:
     with the jaxlib they were measured with, else None (XLA's defaults)."""
     measured = jaxlib.__version__.startswith(MEASURED_JAXLIB)
     return dict(CPU_COMPILER_OPTIONS) if platform == "cpu" and measured else None
+
+
+class Conv(nn.Conv):
+    """nn.Conv reading a materialized input when compiled for CPU (`conv_general_dilated`): lax's numbers, faster.
+    The default conv of `resnet_jax.models.ResNet`; `ResNet(conv=nn.Conv)` gives lax's own path."""
+
+    conv_general_dilated: Callable = conv_general_dilated

@@ -84,7 +84,7 @@ def main() -> None:
             name = f"{'resnet' if residual else 'plain'}{depth}"
             start = time.perf_counter()
             model = resnet_jax.create_model(name, 10)
-            variables = model.init(jax.random.key(args.seed), batch["image"][:1])
+            variables = model.init(jax.random.key(args.seed), batch["image"][:1], train=False)
             out = diagnostics.measure(model, variables, batch)
             groups = diagnostics.layer_groups(variables["params"])
             runs.append({

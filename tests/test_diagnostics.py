@@ -70,7 +70,7 @@ def test_layer_groups_are_in_numeric_forward_order():
 def test_preact_model_has_every_group():
     model = resnet_jax.create_model("preact_resnet11", 10, widths=(2, 2, 2))
     x = jnp.ones((2, 8, 8, 3))
-    variables = model.init(jax.random.key(0), x)
+    variables = model.init(jax.random.key(0), x, train=False)
     groups = ["stem", "stage1_block1", "stage2_block1", "stage3_block1", "final_norm", "head"]
     assert diagnostics.layer_groups(variables["params"]) == groups
     acts = jax.jit(lambda v, x: diagnostics.activation_norms(model, v, x))(variables, x)
@@ -85,7 +85,7 @@ def test_plain_gradients_spread_far_more_than_residual_at_init():
     batch = {"image": x, "label": jnp.arange(8) % 10}
     models = {name: resnet_jax.create_model(name, 10, widths=(4, 8, 16)) for name in ("resnet56", "plain56")}
     # Option-A shortcuts have no parameters, so both nets share the same weights: only the additions differ.
-    variables = models["resnet56"].init(jax.random.key(0), x[:1])
+    variables = models["resnet56"].init(jax.random.key(0), x[:1], train=False)
     spread = {}
     for name, model in models.items():
         out = diagnostics.measure(model, variables, batch)

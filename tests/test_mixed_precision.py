@@ -28,7 +28,8 @@ TX = optax.sgd(0.1, momentum=0.9)
 
 def tiny_state(dtype, loss_scale=None):
     model = create_model("resnet8", 10, dtype=dtype, **TINY)
-    return model, create_train_state(model.init(jax.random.key(0), BATCH["image"][:1]), TX, loss_scale=loss_scale)
+    variables = model.init(jax.random.key(0), BATCH["image"][:1], train=False)
+    return model, create_train_state(variables, TX, loss_scale=loss_scale)
 
 
 def all_eqns(jaxpr):

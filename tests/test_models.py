@@ -1,16 +1,27 @@
 """The model zoo: parameter counts from the papers and torchvision, shapes, BatchNorm modes, options, errors."""
 
+import dataclasses
 import re
+from functools import partial
+from pathlib import Path
 
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from absl import flags as absl_flags
 from flax import traverse_util
+from ml_collections import config_flags
 
-from resnet_jax import create_model, list_models
-from resnet_jax.summary import count_params, main as summary_main
+from resnet_jax import config as config_lib
+from resnet_jax import create_model, list_models, models
+from resnet_jax.models import Layout, head_of
+from resnet_jax.summary import count_params, forward_macs
+from resnet_jax.summary import main as summary_main
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def abstract_variables(name, num_classes, shape=(1, 32, 32, 3), **kw):
@@ -85,8 +96,8 @@ def test_every_family_and_option_runs_with_the_right_output_shape():
 def test_imagenet_stem_and_stages_follow_torchvision_shapes():
     model = create_model("resnet50", 10, widths=(4, 8, 16, 32))
     x = jnp.ones((1, 224, 224, 3))
-    variables = model.init(jax.random.key(0), x)
-    _, state = model.apply(variables, x, capture_intermediates=True, mutable=["intermediates"])
+    variables = model.init(jax.random.key(0), x, train=False)
+    _, state = model.apply(variables, x, train=False, capture_intermediates=True, mutable=["intermediates"])
     inter = state["intermediates"]
     assert inter["stem_conv"]["__call__"][0].shape == (1, 112, 112, 4)
     assert inter["stage1_block1"]["__call__"][0].shape == (1, 56, 56, 16)
@@ -97,8 +108,8 @@ def test_v1_strides_the_first_1x1_and_v15_the_3x3():
     x = jnp.ones((1, 16, 16, 3))
     for version, first_conv_size in (("v1", 2), ("v1.5", 4)):
         model = create_model("resnet50", 10, widths=(4, 8, 16, 32), version=version)
-        variables = model.init(jax.random.key(0), x)
-        _, state = model.apply(variables, x, capture_intermediates=True, mutable=["intermediates"])
+        variables = model.init(jax.random.key(0), x, train=False)
+        _, state = model.apply(variables, x, train=False, capture_intermediates=True, mutable=["intermediates"])
         first_conv = state["intermediates"]["stage2_block1"]["Conv_0"]["__call__"][0]
         assert first_conv.shape[1] == first_conv_size  # stage2 input is 4x4
 
@@ -141,7 +152,7 @@ def test_plain_twin_drops_the_addition(resnet20_and_batch):
     variables = dict(variables, params=traverse_util.unflatten_dict(flat))
     inter = {}
     for which, model in (("residual", residual), ("plain", create_model("plain20", 10))):
-        _, state = model.apply(variables, x, capture_intermediates=True, mutable=["intermediates"])
+        _, state = model.apply(variables, x, train=False, capture_intermediates=True, mutable=["intermediates"])
         inter[which] = {k: v["__call__"][0] for k, v in state["intermediates"].items() if "__call__" in v}
     stem = jax.nn.relu(inter["residual"]["stem_norm"])
     np.testing.assert_allclose(inter["residual"]["stage1_block3"], stem, atol=1e-6)
@@ -153,7 +164,7 @@ def test_plain_twin_drops_the_addition(resnet20_and_batch):
 
 def test_zero_init_residual_zeroes_the_last_bn_scale_of_each_block():
     model = create_model("resnet20", 10, zero_init_residual=True)
-    params = model.init(jax.random.key(0), jnp.ones((1, 32, 32, 3)))["params"]
+    params = model.init(jax.random.key(0), jnp.ones((1, 32, 32, 3)), train=False)["params"]
     assert float(jnp.abs(params["stage2_block3"]["BatchNorm_1"]["scale"]).sum()) == 0.0
     assert float(jnp.abs(params["stage2_block3"]["BatchNorm_0"]["scale"]).sum()) > 0.0
 
@@ -190,7 +201,7 @@ def test_list_models_names_all_build():
         if int(re.search(r"\d+", name).group()) >= 1000:  # the depth, not "101_2" read as 1012
             assert model.stage_sizes == ((200,) * 3 if model.block == "basic" else (111,) * 3)
             continue
-        logits, variables = jax.eval_shape(lambda x: model.init_with_output(jax.random.key(0), x, train=True), x)
+        logits, variables = jax.eval_shape(partial(model.init_with_output, train=True), jax.random.key(0), x)
         assert logits.shape == (2, 10) and set(variables) == {"params", "batch_stats"}, name
 
 
@@ -204,7 +215,8 @@ def test_list_models_names_all_build():
     ("cifar_resnet56", "cifar", (9, 9, 9)),
 ])
 def test_depths_valid_for_both_families_have_a_cifar_name(name, stem, stages):
-    """50, 152 and 200 are ImageNet depths and 6n+2 too: resnet<d> is the ImageNet net, cifar_resnet<d> the CIFAR one."""
+    """50, 152 and 200 are ImageNet depths and 6n+2 too: resnet<d> is the ImageNet net, cifar_resnet<d> the CIFAR
+    one."""
     model = create_model(name, 10)
     assert (model.stem, tuple(model.stage_sizes), model.residual) == (stem, stages, "plain" not in name)
     if stem == "cifar":
@@ -244,7 +256,7 @@ def test_other_frameworks_layouts_match_their_parameter_counts(name, num_classes
 
 
 @pytest.mark.parametrize(
-    "name, kw, message",
+    "name, layout, message",
     [
         ("resnet18", {"inner_widths": (64, 128, 256, 512)}, "inner_widths"),
         ("resnet50", {"inner_widths": (64, 128)}, "one width per stage"),
@@ -255,18 +267,181 @@ def test_other_frameworks_layouts_match_their_parameter_counts(name, num_classes
         ("keras_cifar_resnet21_v2", {}, "9n+2"),
     ],
 )
-def test_bad_layout_options_fail_with_a_clear_message(name, kw, message):
+def test_bad_layout_options_fail_with_a_clear_message(name, layout, message):
     with pytest.raises(ValueError, match=re.escape(message)):
-        create_model(name, 10, **kw)
+        create_model(name, 10, layout=Layout(**layout))
 
 
 def test_keras_seed_networks_initialise_like_keras_he_normal():
     # Keras' he_normal: a normal truncated at 2 standard deviations, variance 2 / fan_in, for convs and the classifier.
     # One width throughout (fewer kernel shapes to compile initialisers for).
     model = create_model("keras_cifar_resnet8_v1", 10, widths=(64, 64, 64))
-    params = model.init(jax.random.key(0), jnp.ones((1, 8, 8, 3)))["params"]
+    params = model.init(jax.random.key(0), jnp.ones((1, 8, 8, 3)), train=False)["params"]
     kernel = np.asarray(params["stage3_block1"]["Conv_1"]["kernel"])  # fan_in = fan_out = 3 * 3 * 64
     std = np.sqrt(2 / 576)
     assert abs(kernel.std() / std - 1) < 0.03 and np.abs(kernel).max() <= 2 * std / 0.87962566103423978
     head = np.asarray(params["head"]["kernel"])  # fan_in 64: std 0.177 (lecun_normal, the zoo default: 0.125)
     assert abs(head.std() / np.sqrt(2 / 64) - 1) < 0.1
+
+
+def test_init_and_apply_without_train_raise_a_type_error_naming_it():
+    """A Flax-style loop that leaves `train` out would silently run BatchNorm in inference mode: it must fail."""
+    model = create_model("resnet8", 10, widths=(4, 8, 16))
+    x = jnp.zeros((1, 16, 16, 3))
+    with pytest.raises(TypeError, match="train"):
+        model.init(jax.random.key(0), x)
+    variables = model.init(jax.random.key(0), x, train=False)
+    with pytest.raises(TypeError, match="train"):
+        model.apply(variables, x, mutable=["batch_stats"])
+    with pytest.raises(TypeError, match="train"):
+        head_of(model).init(jax.random.key(0), jnp.zeros((1, 16)))
+
+
+class OneConv(nn.Module):
+    """One bias-free 3x3 conv with 8 filters and stride 2, for a hand count of its multiply-adds."""
+
+    padding: str | int
+
+    @nn.compact
+    def __call__(self, x, *, train: bool):
+        return nn.Conv(8, (3, 3), strides=2, padding=self.padding, use_bias=False)(x)
+
+
+@pytest.mark.parametrize("size, padding, expected", [
+    (33, "VALID", 16 * 16 * (3 * 3 * 3) * 8),  # 16x16 outputs, each 3x3x3 inputs for each of 8 filters
+    # XLA counts the multiply-adds that read the input, not the zero border: the first output row and column read 2
+    # of their 3 rows / columns, so 2 + 15 * 3 = 47 kernel rows (and columns) touch the 32x32 input.
+    (32, 1, 47 * 47 * 3 * 8),
+])
+def test_forward_macs_of_a_strided_conv_is_the_hand_count(size, padding, expected):
+    model = OneConv(padding)
+    x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(x.shape), train=False))
+    assert forward_macs(model, variables, x) == expected
+
+
+def test_forward_macs_of_resnet18_at_224_is_the_published_1_8_g():
+    """torchvision lists resnet18 at 1.81 GFLOPS (multiply-adds, zero padding included); XLA leaves the padding's
+    multiply-adds out (the test above), which is 7% here: a count off by any factor fails."""
+    model = create_model("resnet18", 1000)
+    x = jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32)
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(x.shape), train=False))
+    assert 0.9 * 1.814e9 < forward_macs(model, variables, x) < 1.814e9
+
+
+def test_a_registered_block_is_chosen_by_name_and_gets_only_the_options_it_declares():
+    class ScaledBlock(models.Block):  # no field of the per-block options: it must get none of them
+        @nn.compact
+        def __call__(self, x):
+            y = self.act(self.norm()(self.conv(self.filters, (3, 3), self.strides)(x)))
+            y = y * self.param("branch_scale", nn.initializers.zeros, ())
+            return self.act(y + models.identity_shortcut(self, x, self.filters) if self.residual else y)
+
+    models.register_block("scaled_test", post=ScaledBlock)
+    try:
+        model = create_model("resnet8", 10, widths=(4, 8, 16), block="scaled_test", shortcut="A")
+        params = model.init(jax.random.key(0), jnp.ones((1, 8, 8, 3)), train=False)["params"]
+        assert params["stage2_block1"]["branch_scale"].shape == ()
+        with pytest.raises(ValueError, match="block 'scaled_test' has no pre-activation"):
+            create_model("resnet8", 10, block="scaled_test", version="v2")
+    finally:
+        del models.BLOCKS["scaled_test"]
+    with pytest.raises(ValueError, match="unknown block 'bottlenek'; did you mean 'bottleneck'"):
+        create_model("resnet8", 10, block="bottlenek")
+
+
+def test_stage_of_and_forward_order_read_layer_names():
+    assert [models.stage_of(layer, 4) for layer in ("stem_conv", "stage2_block10", "final_norm", "head_hidden1")] == [
+        0, 2, 3, None]
+    layers = ["head", "stage1_block10", "head_hidden2", "final_norm", "stage1_block9", "stage10_block1", "stem_norm",
+              "head_hidden1"]
+    assert sorted(layers, key=models.forward_order) == [
+        "stem_norm", "stage1_block9", "stage1_block10", "stage10_block1", "final_norm", "head_hidden1", "head_hidden2",
+        "head"]
+    with pytest.raises(ValueError, match="cannot tell which stage"):
+        models.stage_of("block3", 4)
+
+
+def parse_cli(*overrides: str):
+    """The run config the CLI builds from experiments/quickstart.py and --config.<key> overrides."""
+    argv = ["train", "--config", str(ROOT / "experiments/quickstart.py"), *overrides]
+    flags = absl_flags.FlagValues()
+    config_flags.DEFINE_config_file("config", flag_values=flags, sys_argv=argv)
+    flags(argv)
+    return flags.config
+
+
+# For every field a model section forwards: a command-line value that differs from resnet8's, the value the model
+# must then have, and the options that value needs (a layout option of bottleneck or pre-activation blocks).
+FORWARDED = {
+    "stage_sizes": ("(2,1,1)", (2, 1, 1), ()),
+    "widths": ("(4,8,16)", (4, 8, 16), ()),
+    "block": ("bottleneck", "bottleneck", ()),
+    "version": ("v2", "v2", ()),
+    "stem": ("imagenet", "imagenet", ()),
+    "shortcut": ("C", "C", ()),
+    "residual": ("False", False, ()),
+    "bn_momentum": ("0.99", 0.99, ()),
+    "bn_epsilon": ("0.001", 0.001, ()),
+    "zero_init_residual": ("True", True, ()),
+    "dtype": ("bfloat16", jnp.bfloat16, ()),
+    "param_dtype": ("float16", jnp.float16, ()),
+    "act": ("gelu", nn.gelu, ()),
+    "kernel_init": ("he_normal", config_lib.INITIALIZERS["he_normal"], ()),
+    "head_init": ("glorot_uniform", config_lib.INITIALIZERS["glorot_uniform"], ()),
+    "head_pooling": ("flatten", "flatten", ()),
+    "head_hidden": ("(32,)", (32,), ()),
+    "head_dropout": ("0.5", 0.5, ()),
+    "conv": ("lax", nn.Conv, ()),
+    "layout.inner_widths": ("(8,16,32)", (8, 16, 32), ("block=bottleneck",)),
+    "layout.bottleneck_stride": ("1x1", "1x1", ()),
+    "layout.downsample": ("last", "last", ()),
+    "layout.conv_bias": ("all", "all", ()),
+    "layout.padding": ("same", "same", ()),
+    "layout.pool_padding": ("zeros", "zeros", ()),
+    "layout.projection_norm": ("False", False, ()),
+    "layout.projection_from": ("input", "input", ("version=v2",)),
+    "layout.preact_stem_norm": ("True", True, ("version=v2",)),
+}
+
+
+def test_every_model_field_set_on_the_command_line_reaches_the_model():
+    sections = config_lib.model_config()
+    forwarded = {k for k in config_lib.flat_keys(sections) if k not in ("name", "num_classes", "layout")}
+    assert forwarded == set(FORWARDED)  # a new ResNet field is forwarded, and needs a line above
+    assert len(forwarded) == 28  # before every field was forwarded: 10
+    # model.num_classes is a key of its own; transfer.freeze_stages sets frozen_bn_stages.
+    unforwarded = models.ResNet.__dataclass_fields__.keys() - {k.split(".")[0] for k in forwarded}
+    assert unforwarded == {"parent", "name", "num_classes", "frozen_bn_stages"}
+    for key, (cli, expected, needs) in FORWARDED.items():
+        config = parse_cli(f"--config.model.{key}={cli}", *(f"--config.model.{k}" for k in needs))
+        model = config_lib.build_model(config.model, 10)
+        value = getattr(model.layout, key.removeprefix("layout.")) if key.startswith("layout.") else getattr(model, key)
+        assert value == expected, key
+        assert value != getattr(create_model("resnet8", 10), key.split(".")[0]) or key.startswith("layout."), key
+
+
+def test_model_section_keeps_the_zoo_names_values_where_unset_and_refuses_unknown_keys():
+    section = config_lib.model_config()
+    section.update(name="keras_resnet50")
+    section.layout.padding = "same"
+    model = config_lib.build_model(section, 10)  # the other Keras layout options stay
+    assert model.layout == dataclasses.replace(models.KERAS_LAYOUT, padding="same") and model.bn_epsilon == 1.001e-5
+    with pytest.raises(config_lib.ConfigError, match=r"unknown model key\(s\): shortcutt \(did you mean shortcut\?\)"):
+        config_lib.build_model(dict(section, shortcutt="A"), 10)
+    with pytest.raises(config_lib.ConfigError, match=r"unknown model.layout key\(s\): paddin \(did you mean padding"):
+        config_lib.build_model(dict(section, layout={"paddin": "same"}), 10)
+    with pytest.raises(config_lib.ConfigError, match="unknown model.act 'gleu'; did you mean 'gelu'"):
+        config_lib.build_model(dict(section, act="gleu"), 10)
+
+
+def test_upgrade_model_maps_an_old_saved_section_to_the_same_model():
+    old = {"name": "resnet20", "num_classes": 0, "shortcut": "", "version": "v2", "widths": [],
+           "zero_init_residual": False, "bn_momentum": 0.0, "bn_epsilon": 0.001, "dtype": "float32",
+           "head_pooling": "avg", "head_hidden": [], "head_dropout": 0.0}
+    new = config_lib.upgrade_model(old)
+    assert new == dict(old, shortcut=None, widths=None, zero_init_residual=None, bn_momentum=None, dtype=None,
+                       head_pooling=None, head_hidden=None, head_dropout=None)
+    assert config_lib.upgrade_model(new) == new
+    model = config_lib.build_model(new, 10)
+    assert (model.shortcut, model.version, tuple(model.widths), model.bn_epsilon) == ("A", "v2", (16, 32, 64), 0.001)

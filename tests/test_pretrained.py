@@ -33,6 +33,7 @@ import torchvision
 
 from resnet_jax import create_model
 from resnet_jax import pretrained
+from resnet_jax.models import Layout
 from resnet_jax.pretrained import PretrainedWeightsError, export_torchvision, from_tensors, load_pretrained, torchvision_state_dict
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning")
@@ -75,11 +76,11 @@ def our_logits(name: str, tensors, fmt: str, sizes, num_classes: int = 1000, loa
         variables64 = load(tensors, fmt, model, keep_head=True)
         assert {v.dtype for v in jax.tree.leaves(variables64)} == {np.dtype("float64")}
         for size in sizes:
-            out[size, "float64"] = np.asarray(model.apply(variables64, images(size)))
+            out[size, "float64"] = np.asarray(model.apply(variables64, images(size), train=False))
     model = create_model(name, num_classes)
     variables = load(tensors, fmt, model, keep_head=True)
     for size in sizes:
-        out[size, "float32"] = np.asarray(model.apply(variables, images(size).astype(np.float32)))
+        out[size, "float32"] = np.asarray(model.apply(variables, images(size).astype(np.float32), train=False))
     return out, variables64
 
 
@@ -208,7 +209,7 @@ def test_export_torchvision_file_runs_in_torchvision(resnet18_state, tmp_path):
 )
 def test_export_refuses_what_torchvision_cannot_run(name, overrides, message):
     model = create_model(name, 10, **overrides)
-    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))
     with pytest.raises(PretrainedWeightsError, match=re.escape(message)):
         torchvision_state_dict(variables, model)
 
@@ -235,7 +236,7 @@ def test_file_options_the_keys_cannot_show_are_checked(resnet18_state):
     with pytest.raises(PretrainedWeightsError, match=re.escape("bn_epsilon=0.001 (the file's network: 1e-05)")):
         from_tensors(state, "torchvision", create_model("resnet18", 10, bn_epsilon=1e-3))
     with pytest.raises(PretrainedWeightsError, match=re.escape("padding='same' (the file's network: 'symmetric')")):
-        from_tensors(state, "torchvision", create_model("resnet18", 10, padding="same"))
+        from_tensors(state, "torchvision", create_model("resnet18", 10, layout=Layout(padding="same")))
 
 
 def test_head_class_count_mismatch_says_keep_head_false(resnet18_state):

@@ -441,6 +441,27 @@ def test_a_key_the_saved_config_lacks_counts_as_its_default(tmp_path, learnable_
         check_workdir(workdir, quick_config(learnable_idx_dir, {"data.num_classes": 3}), overwrite=False)
 
 
+def test_a_config_saved_before_the_model_and_augment_spellings_changed_resumes_through_the_one_upgrade(
+        tmp_path, learnable_idx_dir):
+    """config.json of an older resnet-jax: its model section held 12 keys with ''/0/() for "the zoo name's value" and
+    data.augment was one string. config.upgrade turns it into today's form, so the same run resumes and another
+    run is still refused; evaluate reads it the same way (config.from_saved)."""
+    workdir = tmp_path / "run"
+    config = quick_config(learnable_idx_dir)
+    save_config(workdir, config)
+    saved = json.loads((workdir / "config.json").read_text())
+    old_model = {"name": config.model.name, "num_classes": 0, "shortcut": "", "version": "",
+                 "widths": list(config.model.widths or ()), "zero_init_residual": False, "bn_momentum": 0.0,
+                 "bn_epsilon": 0.0, "dtype": "float32", "head_pooling": "avg", "head_hidden": [], "head_dropout": 0.0}
+    augment = "_".join(config.data.augment) or "none"
+    (workdir / "config.json").write_text(json.dumps(saved | {"model": old_model,
+                                                              "data": saved["data"] | {"augment": augment}}))
+    assert check_workdir(workdir, config, overwrite=False) == []
+    assert config_lib.from_saved((workdir / "config.json").read_text()).to_dict() == config.to_dict()
+    with pytest.raises(WorkdirError, match=r"\(differs in: model.shortcut\)"):
+        check_workdir(workdir, quick_config(learnable_idx_dir, {"model.shortcut": "C"}), overwrite=False)
+
+
 def test_a_resume_with_cosmetic_changes_and_the_same_data_elsewhere_ends_where_the_reference_does(
         tmp_path, learnable_idx_dir, reference):
     workdir = tmp_path / "run"

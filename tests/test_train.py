@@ -75,7 +75,7 @@ batch = {"image": rng.normal(size=(32, 16, 16, 3)).astype(np.float32), "label": 
 
 def run(devices, batch):
     mesh = Mesh(np.array(devices), ("data",))
-    state = create_train_state(model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3))), tx)
+    state = create_train_state(model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)), train=False), tx)
     train, _ = compile_steps(model, tx, mesh)
     for _ in range(2):
         state, metrics = train(state, batch)

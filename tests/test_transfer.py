@@ -91,7 +91,10 @@ def test_frozen_parameters_get_no_weight_decay_and_the_backbone_rate_scales():
 
 
 def test_seed_heads_are_model_options_and_the_default_head_is_unchanged():
-    shapes = lambda model, size: jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3))))["params"]
+    def shapes(model, size):
+        x = jnp.zeros((1, size, size, 3))
+        return jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))["params"]
+
     # The seeds' head on an ImageNet net at 32x32 (resnet50: the same 1x1x2048 output as their ResNet-152).
     default = shapes(create_model("resnet50", 10), 32)
     seeds = shapes(create_model("resnet50", 10, head_pooling="flatten", head_hidden=(1000,)), 32)
@@ -103,7 +106,8 @@ def test_seed_heads_are_model_options_and_the_default_head_is_unchanged():
     assert set(variables) == {"params", "batch_stats"}
     run = lambda key: model.apply(variables, x, train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.key(key)})[0]
     assert not np.allclose(run(0), run(1))  # dropout acts in training...
-    chex.assert_trees_all_equal(model.apply(variables, x), model.apply(variables, x))  # ...and not in evaluation
+    # ...and not in evaluation
+    chex.assert_trees_all_equal(model.apply(variables, x, train=False), model.apply(variables, x, train=False))
     with pytest.raises(ValueError, match="frozen_bn_stages=5: this network has 4 stages"):
         tiny_model(frozen_bn_stages=5)
 
@@ -130,7 +134,7 @@ def transfer_config(idx_dir, source, **overrides):
 def saved_variables(workdir, which, num_classes, **head):
     """{'params', 'batch_stats'} of a tiny run's checkpoint (28x28x1 inputs)."""
     model = create_model("resnet8", num_classes, widths=(4, 8, 16), **head)
-    abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1))))
+    abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)), train=False))
     checkpoints = Checkpoints(workdir)
     variables = checkpoints.restore_variables(abstract, which)
     checkpoints.close()

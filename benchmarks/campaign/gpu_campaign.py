@@ -415,7 +415,7 @@ def accuracy(out: Output, deadline: float, tiny: bool, data: Path) -> str:
 
     from resnet_jax.metrics import read_metrics
     from resnet_jax.summary import count_params
-    from resnet_jax.loop import build_model
+    from resnet_jax.config import build_model
 
     experiment = "experiments/fashion_mnist_gpu.py"  # the commands run from the repository root
     config = load_experiment("fashion_mnist_gpu").get_config(preset(tiny))
@@ -434,11 +434,11 @@ def accuracy(out: Output, deadline: float, tiny: bool, data: Path) -> str:
            "--workdir", str(workdir), f"--config.num_epochs={epochs}", f"--config.data.path={data}"]
     model = build_model(config.model, probe["num_classes"])
     shape = (1, *probe["image_shape"])
-    params = count_params(jax.eval_shape(model.init, jax.random.key(0), jax.numpy.zeros(shape))["params"])
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jax.numpy.zeros(shape), train=False))
+    params = count_params(variables["params"])
     record = header("accuracy", tiny, deadline) | {
         "status": "running", "command": shlex.join(["python", *cmd[1:]]), "recipe": "experiments/fashion_mnist_gpu.py",
-        "model": f"{config.model.name} widths {tuple(config.model.widths)} {config.model.version} "
-                 f"{config.model.shortcut}",
+        "model": f"{config.model.name} widths {tuple(model.widths)} {model.version} {model.shortcut}",
         "params": params, "recipe_epochs": config.num_epochs, "planned_epochs": epochs,
         "probe": {"source": probe_source, "fed_images_per_sec": probe["images_per_sec_median"]["pipeline"],
                   "setup_s": probe["setup_s"], "first_step_s": probe["first_step_s"]},
