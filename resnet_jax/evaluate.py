@@ -4,12 +4,15 @@ Read-only: a damaged checkpoint is reported and the next intact one ('latest': n
 
     python -m resnet_jax.evaluate --workdir runs/quickstart [--checkpoint best|latest] [--split test --split val]
 
+A run whose experiment file registered a block, augmentation or data source is evaluated with --config FILE too.
+
 Multi-host: the same flags as train (--coordinator_address, --num_processes, --process_id or --distributed) on every
 process; each evaluates its share of every batch and process 0 prints the results.
 """
 
 import argparse
 import json
+import runpy
 from pathlib import Path
 
 from resnet_jax import distributed
@@ -49,6 +52,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--checkpoint", choices=("best", "latest"), default="best")
     parser.add_argument("--split", action="append", help="split to evaluate (repeatable; default: test)")
+    parser.add_argument("--config", help="the run's experiment file, run first for what it registers (blocks, "
+                        "augmentations, data sources); the values come from the run's config.json")
     distributed.add_arguments(parser)
     args = parser.parse_args(argv)
     try:
@@ -56,6 +61,8 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as e:
         parser.error(str(e))
     distributed.quiet_followers()
+    if args.config:
+        runpy.run_path(args.config.split(":")[0])
     try:
         results = evaluate_run(args.workdir, args.checkpoint, tuple(args.split or ["test"]))
     except (FileNotFoundError, ValueError) as e:  # ConfigError and CheckpointError are ValueErrors

@@ -1,5 +1,6 @@
 """docs/hacking.md, a new block: a config file defines and registers it, names it, and the CLI trains it."""
 
+import json
 import os
 import subprocess
 import sys
@@ -7,6 +8,7 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import pytest
 
 from resnet_jax.checkpoints import Checkpoints
 from resnet_jax.metrics import read_metrics
@@ -60,3 +62,12 @@ def test_a_block_registered_in_a_config_file_trains_through_the_cli(tmp_path, le
     finally:
         checkpoints.close()
     assert all(float(saved["params"][b]["branch_scale"]) != 0 for b in blocks)  # the new parameter was trained
+
+    evaluate = [sys.executable, "-m", "resnet_jax.evaluate", "--workdir", str(workdir), "--checkpoint", "latest"]
+    unregistered = subprocess.run(evaluate, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert unregistered.returncode != 0 and "scaled_basic" in unregistered.stderr  # names the unknown block
+    evaluated = subprocess.run([*evaluate, "--config", str(config)], capture_output=True, text=True, cwd=ROOT,
+                               timeout=600)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    accuracy = json.loads(evaluated.stdout.splitlines()[-1])["test/accuracy"]
+    assert accuracy == pytest.approx(read_metrics(workdir)[-1]["test/accuracy"], abs=1e-6)
