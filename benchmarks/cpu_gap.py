@@ -11,8 +11,9 @@ step: the train step of benchmarks/train_step.py in the four JAX variants (lax's
 options or xla_cpu's), the forward pass alone before and after, and PyTorch eager; ratios to torch eager.
 hlo: what XLA compiled the train step into, before and after: FLOPs and bytes of the optimised module against the
 FLOPs of the unoptimised one (the excess is recomputation), fusions, ReLU (`maximum`) ops, materialising writes.
-Everything timed runs interleaved in one process and is timed by the wall clock and by the process' CPU time: on a shared
-machine the CPU time is far less sensitive to other load. Results go to benchmarks/results/cpu_gap-<mode>-<date>.json.
+Everything timed runs interleaved in one process and is timed by the wall clock and by the process' CPU time: on a
+shared machine the CPU time is far less sensitive to other load. Results go to
+benchmarks/results/cpu_gap-<mode>-<date>.json.
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ def timed(fn: Callable[[], object], calls: int) -> tuple[float, float]:
 
 
 def interleaved(fns: dict[str, Callable[[], object]], reference: str, repeats: int, calls: int) -> dict:
-    """Each fn timed `calls` times per repeat, in rotating order; medians of seconds and of per-repeat ratios to `reference`."""
+    """Each fn timed `calls` times per repeat, in rotating order; medians of seconds and of per-repeat ratios to
+    `reference`."""
     names, times = list(fns), {k: {"wall": [], "cpu": []} for k in fns}
     load = []
     for i in range(repeats):
@@ -68,7 +70,8 @@ def interleaved(fns: dict[str, Callable[[], object]], reference: str, repeats: i
     for name, t in times.items():
         out["results"][name] = {
             **{f"{c}_s_median": statistics.median(t[c]) for c in ("wall", "cpu")},
-            **{f"{c}_ratio_to_{reference}": statistics.median(a / b for a, b in zip(t[c], times[reference][c]))
+            **{f"{c}_ratio_to_{reference}":
+               statistics.median(a / b for a, b in zip(t[c], times[reference][c], strict=True))
                for c in ("wall", "cpu")},
         }
     return out
@@ -101,13 +104,15 @@ def layer_fns(size: int, cin: int, cout: int, stride: int, batch: int) -> dict[s
     tx = torch.from_numpy(np.asarray(x).transpose(0, 3, 1, 2).copy())
     tw = torch.from_numpy(np.asarray(w).transpose(3, 2, 0, 1).copy())
     tdy = torch.from_numpy(np.asarray(dy).transpose(0, 3, 1, 2).copy())
-    backward = partial(torch.ops.aten.convolution_backward, tdy, tx, tw, None, [stride] * 2, [1, 1], [1, 1], False, [0, 0], 1)
+    backward = partial(torch.ops.aten.convolution_backward, tdy, tx, tw, None, [stride] * 2, [1, 1], [1, 1], False,
+                       [0, 0], 1)
     fns["torch fwd"] = lambda: torch.nn.functional.conv2d(tx, tw, stride=stride, padding=1)
     fns["torch dx"] = partial(backward, [True, False, False])
     fns["torch dw"] = partial(backward, [False, True, False])
     torch_dw = backward([False, True, False])[1].numpy().transpose(2, 3, 1, 0)
     for name in ("jax dw (xla defaults)", "jax dw (xla_cpu)"):
-        jax_dw = np.asarray(jax.jit(parts["dw"], compiler_options=None if "defaults" in name else xla_cpu.compiler_options("cpu"))(x, w, dy))
+        dw_options = None if "defaults" in name else xla_cpu.compiler_options("cpu")
+        jax_dw = np.asarray(jax.jit(parts["dw"], compiler_options=dw_options)(x, w, dy))
         np.testing.assert_allclose(jax_dw, torch_dw, rtol=1e-4, atol=1e-3 * np.abs(torch_dw).max())
     for f in fns.values():  # compile and warm up
         f()
@@ -119,7 +124,8 @@ def layers(args: argparse.Namespace) -> dict:
     for size, cin, cout, stride, count in RESNET20_CONVS:
         with torch.no_grad():
             result = interleaved(layer_fns(size, cin, cout, stride, args.batch_size), "torch fwd", args.repeats, 3)
-        shape = {"input": [args.batch_size, size, size, cin], "out_channels": cout, "stride": stride, "in_resnet20": count}
+        shape = {"input": [args.batch_size, size, size, cin], "out_channels": cout, "stride": stride,
+                 "in_resnet20": count}
         record["shapes"].append({**shape, **result})
         units = " ".join(f"{k}: {v['cpu_ratio_to_torch fwd']:.2f}" for k, v in result["results"].items())
         print(f"{shape['input']} -> {cout}, stride {stride} (x{count}): torch fwd "
@@ -162,11 +168,13 @@ def step(args: argparse.Namespace) -> dict:
     result = interleaved(fns, runners[-1].name, args.repeats, 1)
     for name, r in result["results"].items():
         images_per_s = args.steps_per_repeat * args.batch_size
-        print(f"{name:52s} {images_per_s / r['wall_s_median']:7.1f} images/s wall, {images_per_s / r['cpu_s_median']:7.1f} "
+        print(f"{name:52s} {images_per_s / r['wall_s_median']:7.1f} images/s wall, "
+              f"{images_per_s / r['cpu_s_median']:7.1f} "
               f"per CPU-second; vs torch eager: {1 / r['wall_ratio_to_' + runners[-1].name]:.2f}x wall, "
               f"{1 / r['cpu_ratio_to_' + runners[-1].name]:.2f}x CPU time")
     return {"model": args.model, "batch_size": args.batch_size, "repeats": args.repeats,
-            "steps_per_repeat": args.steps_per_repeat, "first_step_s": {r.name: r.first_step_s for r in runners}, **result}
+            "steps_per_repeat": args.steps_per_repeat, "first_step_s": {r.name: r.first_step_s for r in runners},
+            **result}
 
 
 def hlo(args: argparse.Namespace) -> dict:
@@ -186,7 +194,10 @@ def hlo(args: argparse.Namespace) -> dict:
         cost = compiled.cost_analysis()
         cost = cost[0] if isinstance(cost, list) else cost
         text = compiled.as_text()
-        count = lambda op: len(re.findall(rf"= \S+ {op}\(", text))  # noqa: E731
+
+        def count(op, text=text):
+            return len(re.findall(rf"= \S+ {op}\(", text))
+
         record["variants"][name] = stats = {
             "unoptimised_gflop": bench.xla_flops(lowered) / 1e9, "optimised_gflop": cost["flops"] / 1e9,
             "optimised_gbytes_accessed": cost["bytes accessed"] / 1e9, "fusions": count("fusion"),
@@ -208,7 +219,8 @@ def main() -> None:
     jax.config.update("jax_platforms", "cpu")
     torch.set_num_threads(os.cpu_count())
     record = {**bench.environment(), "benchmark": f"cpu_gap {args.mode}",
-              "xla_cpu_compiler_options": xla_cpu.compiler_options("cpu"), **{"layers": layers, "step": step, "hlo": hlo}[args.mode](args)}
+              "xla_cpu_compiler_options": xla_cpu.compiler_options("cpu"),
+              **{"layers": layers, "step": step, "hlo": hlo}[args.mode](args)}
     write_record(record, bench.RESULTS, f"cpu_gap-{args.mode}", device_slug())
 
 

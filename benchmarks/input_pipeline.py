@@ -125,7 +125,7 @@ def fed_vs_resident(config: ml_collections.ConfigDict, repeats: int = 5, repeat_
             "setup_s": setup_s, "first_step_s": first_step_s, "steps_per_repeat": steps,
             "images_per_sec_median": medians, "images_per_sec_repeats": rates,
             "fed_over_resident": medians["pipeline"] / medians["resident"],
-            "fed_over_resident_per_repeat": [a / b for a, b in zip(rates["pipeline"], rates["resident"])]}
+            "fed_over_resident_per_repeat": [a / b for a, b in zip(rates["pipeline"], rates["resident"], strict=True)]}
 
 
 def main() -> None:
@@ -159,7 +159,8 @@ def main() -> None:
     config.data, config.batch_size = fashion_mnist_data(), args.batch_size
     fed = fed_vs_resident(config, args.repeats)
     print(f"resnet20 train step fed by the pipeline / by a device-resident batch: {fed['fed_over_resident']:.3f} "
-          f"({fed['images_per_sec_median']['pipeline']:,.0f} vs {fed['images_per_sec_median']['resident']:,.0f} images/s)")
+          f"({fed['images_per_sec_median']['pipeline']:,.0f} vs "
+          f"{fed['images_per_sec_median']['resident']:,.0f} images/s)")
 
     record = {"benchmark": "input_pipeline", **provenance(), "resnet20_train_step_images_per_sec": step_rate,
               "fed_vs_resident": fed,

@@ -81,7 +81,8 @@ def measure(model_name: str, batch_size: int, steps_per_call: int, repeats: int,
             "augment": config.data.augment, "steps_per_repeat": steps, "first_call_s": first_call_s,
             "images_per_sec_median": medians, "images_per_sec_repeats": rates,
             "over_k1": {way: medians[way] / medians["K=1"] for way in ways},
-            "over_k1_per_repeat": {way: [a / b for a, b in zip(rates[way], rates["K=1"])] for way in ways}}
+            "over_k1_per_repeat": {way: [a / b for a, b in zip(rates[way], rates["K=1"], strict=True)]
+                                   for way in ways}}
 
 
 def main() -> None:

@@ -124,7 +124,8 @@ def load_flax_variables(model: CifarResNet, variables: Mapping[str, Any]) -> Non
     names = flax_to_torch_names(model)
     n_flax = sum(len(leaves) for leaves in map(_leaves, (variables["params"], variables["batch_stats"])))
     if n_flax != len(names):
-        raise ValueError(f"the Flax model has {n_flax} variables, the torch model {len(names)}: not the same architecture")
+        raise ValueError(
+            f"the Flax model has {n_flax} variables, the torch model {len(names)}: not the same architecture")
     state = {}
     for key, path in names.items():
         value = variables

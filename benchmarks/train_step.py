@@ -46,8 +46,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jax import lax
-
 from resnet_jax import create_model, optim, xla_cpu
 from resnet_jax.models import model_spec
 from resnet_jax.provenance import device_slug, provenance, write_record
@@ -136,13 +134,16 @@ def jax_optimizer() -> optax.GradientTransformation:
     return optim.make_optimizer(config, optax.constant_schedule(LEARNING_RATE))
 
 
-def jax_step_fn(model_name: str, num_classes: int = NUM_CLASSES, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32,
-                plain_conv: bool = False, xla_default_options: bool = False) -> tuple[Any, Callable, optax.GradientTransformation]:
+def jax_step_fn(
+    model_name: str, num_classes: int = NUM_CLASSES, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32,
+    plain_conv: bool = False, xla_default_options: bool = False,
+) -> tuple[Any, Callable, optax.GradientTransformation]:
     """The Flax model, resnet_jax.train.train_step jitted with the state donated (and resnet_jax.xla_cpu's compiler
     options, as train.compile_steps does), and its optimizer. plain_conv: nn.Conv (lax.conv_general_dilated) instead of
     the model's default conv; xla_default_options: XLA's own defaults (both: the step before resnet_jax.xla_cpu)."""
     overrides = {"conv": nn.Conv} if plain_conv else {}
-    model, tx = create_model(model_name, num_classes, dtype=dtype, param_dtype=param_dtype, **overrides), jax_optimizer()
+    model = create_model(model_name, num_classes, dtype=dtype, param_dtype=param_dtype, **overrides)
+    tx = jax_optimizer()
     options = None if xla_default_options else xla_cpu.compiler_options(jax.devices()[0].platform)
     return model, jax.jit(partial(train_step, model=model, tx=tx), donate_argnums=0, compiler_options=options), tx
 
@@ -160,9 +161,11 @@ def xla_flops(lowered: jax.stages.Lowered) -> float | None:
 
 
 def make_jax_runner(case: Case, seed: int = 0, name: str = "jax (jit)", **variant: bool) -> Runner:
-    """resnet_jax's train_step, jitted and donated, compiled ahead of time for a fixed random batch on the default device.
+    """resnet_jax's train_step, jitted and donated, compiled ahead of time for a fixed random batch on the default
+    device.
 
-    Its memory is XLA's buffer assignment for the step: arguments (state, batch) + outputs not aliased to them + temporaries.
+    Its memory is XLA's buffer assignment for the step: arguments (state, batch) + outputs not aliased to them +
+    temporaries.
     variant: jax_step_fn's plain_conv / xla_default_options.
     """
     model, step, tx = jax_step_fn(case.model, case.num_classes, DTYPES[case.dtype], **variant)
@@ -314,7 +317,8 @@ def make_torch_runner(case: Case, variant: TorchVariant = TorchVariant(), device
 
     step_s = run(2) / 2
     memory = dict(peak_memory_bytes=torch.cuda.max_memory_allocated() - allocated_before,
-                  memory_measure="torch.cuda.max_memory_allocated over the first 3 steps, less what was allocated before"
+                  memory_measure="torch.cuda.max_memory_allocated over the first 3 steps, less what was allocated "
+                                 "before"
                   ) if cuda else dict(memory_measure="not measured: torch keeps allocator statistics on CUDA only")
     return Runner(variant.name, first, run, step_s=step_s, compile_s=first if variant.compile else None, **memory)
 
@@ -428,7 +432,10 @@ def bn_elements_per_channel(model: torch.nn.Module, x: torch.Tensor) -> dict[str
     sizes, hooks = {}, []
     for name, module in model.named_modules():
         if isinstance(module, torch.nn.BatchNorm2d):
-            hook = lambda m, args, out, name=name: sizes.__setitem__(name, args[0].numel() // args[0].shape[1])
+
+            def hook(m, args, out, name=name):
+                sizes[name] = args[0].numel() // args[0].shape[1]
+
             hooks.append(module.register_forward_hook(hook))
     training = model.training
     with torch.no_grad():
@@ -515,12 +522,17 @@ def summarise(runners: list[Runner], rates: dict[str, list[float]], steps: dict[
             "peak_memory_bytes": r.peak_memory_bytes, "memory_measure": r.memory_measure,
             "model_flops_utilisation": {k: median * flops / peak for k, peak in peaks.items()} if flops else None,
         }
-    ratio = lambda a, b: {"of_medians": statistics.median(rates[a]) / statistics.median(rates[b]),  # noqa: E731
-                          "median_per_repeat": statistics.median([x / y for x, y in zip(rates[a], rates[b])])}
+
+    def ratio(a, b):
+        return {"of_medians": statistics.median(rates[a]) / statistics.median(rates[b]),
+                "median_per_repeat": statistics.median([x / y for x, y in zip(rates[a], rates[b], strict=True)])}
+
     ratios = {f"jax / {r.name}": ratio(runners[0].name, r.name) for r in runners[1:]}
     if JAX_BEFORE in rates:  # --xla-cpu-before: its ratios to PyTorch too
-        ratios |= {f"{JAX_BEFORE} / {r.name}": ratio(JAX_BEFORE, r.name) for r in runners if not r.name.startswith("jax")}
-    print(f"\n{'framework':<32}{'images/s (median)':>19}{'min-max':>18}{'step ms':>9}{'first step (s)':>16}{'peak MiB':>10}")
+        ratios |= {f"{JAX_BEFORE} / {r.name}": ratio(JAX_BEFORE, r.name)
+                   for r in runners if not r.name.startswith("jax")}
+    print(f"\n{'framework':<32}{'images/s (median)':>19}{'min-max':>18}{'step ms':>9}{'first step (s)':>16}"
+          f"{'peak MiB':>10}")
     for name, res in results.items():
         spread = f"{min(rates[name]):.0f}-{max(rates[name]):.0f}"
         memory = f"{res['peak_memory_bytes'] / 2**20:.0f}" if res["peak_memory_bytes"] is not None else "-"
@@ -567,7 +579,8 @@ def benchmark_case(case: Case, device: str, variants: list[TorchVariant], *, rep
     steps = {r.name: steps_per_repeat or max(1, math.ceil(repeat_s / r.step_s)) for r in runners}
     rates, load = interleave(runners, case.batch_size, repeats, steps, deadline)
     results, ratios = summarise(runners, rates, steps, case.batch_size, peaks or {})
-    return {"case": asdict(case) | {"num_classes": case.num_classes, "image_shape": [case.image_size, case.image_size, 3]},
+    return {"case": asdict(case) | {"num_classes": case.num_classes,
+                                    "image_shape": [case.image_size, case.image_size, 3]},
             "param_counts": params, "train_flops_per_image": runners[0].flops_per_image,
             "flops_source": "XLA cost analysis of the JAX train step before optimisation (forward, backward, update)",
             "repeats": len(load), "load_average_per_repeat": load, "results": results, "ratios": ratios,
@@ -600,10 +613,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10, help="timed repeats per framework, interleaved")
     parser.add_argument("--steps-per-repeat", type=int, default=5)
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile")
-    parser.add_argument("--compile-timeout", type=float, default=180.0, help="give up on torch.compile after this many s")
+    parser.add_argument("--compile-timeout", type=float, default=180.0,
+                        help="give up on torch.compile after this many s")
     parser.add_argument("--no-check", action="store_true", help="skip the Flax-vs-torch output equivalence check")
     parser.add_argument("--xla-cpu-before", action="store_true",
-                        help="also time JAX as before resnet_jax.xla_cpu: lax's conv and XLA's default compiler options")
+                        help="also time JAX as before resnet_jax.xla_cpu: lax's conv and XLA's default compiler "
+                             "options")
     args = parser.parse_args()
 
     if args.device == "cpu":
@@ -621,7 +636,8 @@ def main() -> None:
         print(f"outputs ({'OK' if equivalence['ok'] else 'MISMATCH'}), max relative differences: "
               + ", ".join(f"{k} {v:.1e}" for k, v in equivalence["max_rel_diff"].items()), flush=True)
     layouts = [False, True] if args.channels_last else [False]
-    variants = [TorchVariant(compile, layout) for compile in [False] + [True] * (not args.no_compile) for layout in layouts]
+    variants = [TorchVariant(compile, layout)
+                for compile in [False] + [True] * (not args.no_compile) for layout in layouts]
     skipped = {"pytorch compile": "--no-compile"} if args.no_compile else None
     record = benchmark_case(case, args.device, variants, repeats=args.repeats, steps_per_repeat=args.steps_per_repeat,
                             compile_timeout_s=args.compile_timeout, skipped=skipped, xla_cpu_before=args.xla_cpu_before)

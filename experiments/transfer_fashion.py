@@ -1,6 +1,7 @@
 """Transfer to classes the backbone never saw: pretrain on Fashion-MNIST classes 0-4, transfer to classes 5-9.
 
-    python -m resnet_jax.train --config experiments/transfer_fashion.py:pretrain --workdir runs/transfer_fashion/pretrain-seed0
+    python -m resnet_jax.train --config experiments/transfer_fashion.py:pretrain \
+        --workdir runs/transfer_fashion/pretrain-seed0
     python -m resnet_jax.train --config experiments/transfer_fashion.py:frozen_cached,10 --workdir runs/... \
         --config.init_from.path=runs/transfer_fashion/pretrain-seed0
     python scripts/transfer_demo.py --root runs/transfer_fashion --out experiments/results/transfer   # the whole study
@@ -11,8 +12,8 @@ the last 1k as validation) for 4 epochs (SGD + Nesterov, cosine). Transfer runs 
 Sneaker, Bag, Ankle boot) with `shots` labelled training images per class (0 = all 6,000), drawn by the run's seed,
 and are tested on the 5,000 test images of those classes (no validation split: few-shot has no labels to spare).
 
-methods (`get_config('<method>,<shots>[,<epochs>]')`), all with Adam and a cosine decay, batch 10 / 25 / 128 for 10 / 100 /
-all images per class, 10 / 10 / 2 epochs (50 / 200 / 468 steps):
+methods (`get_config('<method>,<shots>[,<epochs>]')`), all with Adam and a cosine decay, batch 10 / 25 / 128 for
+10 / 100 / all images per class, 10 / 10 / 2 epochs (50 / 200 / 468 steps):
   scratch        random init, everything trains at 1e-3
   frozen         the pretrained backbone frozen (BatchNorm on its running statistics), a new linear head at 0.1
   frozen_cached  the same, with the backbone's features computed once (the same steps, far cheaper)

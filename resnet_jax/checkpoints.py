@@ -65,7 +65,8 @@ class Checkpoints:
         self.manager = ocp.CheckpointManager(folder, options=options, item_handlers=handlers)
 
     def _screen_metrics(self, folder: Path) -> None:
-        """Set aside steps whose metrics file is damaged: orbax reads them all when the manager opens, and would fail."""
+        """Set aside steps whose metrics file is damaged: orbax reads them all when the manager opens, and would
+        fail."""
         damaged = []
         for path in folder.glob("*/metrics/metrics"):
             try:
@@ -173,7 +174,8 @@ class Checkpoints:
         step = self.step(which)
         if step is None:
             return None
-        args = ocp.args.PyTreeRestore(abstract_variables, ocp.checkpoint_utils.construct_restore_args(abstract_variables),
+        args = ocp.args.PyTreeRestore(abstract_variables,
+                                      ocp.checkpoint_utils.construct_restore_args(abstract_variables),
                                       partial_restore=True)
         return ocp.PyTreeCheckpointer().restore(self.manager.directory / str(step) / "state", args=args)
 
@@ -190,7 +192,8 @@ class Checkpoints:
 
 
 def saved_best_metric(workdir: str | Path) -> str:
-    """The metric a run's checkpoints were ranked by (from orbax's metrics files); 'val/accuracy' if none was evaluated."""
+    """The metric a run's checkpoints were ranked by (from orbax's metrics files); 'val/accuracy' if none was
+    evaluated."""
     for path in sorted((Path(workdir) / "checkpoints").glob("*/metrics/metrics")):
         try:
             names = set(json.loads(path.read_text())) - {"step"}
@@ -248,12 +251,14 @@ def state_digest(tree: Any) -> str:
 
 
 def leaf_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
-    """{'params/stage1_block1/Conv_0/kernel': shape, ...}: the same names for a TrainState and for orbax's metadata of it."""
+    """{'params/stage1_block1/Conv_0/kernel': shape, ...}: the same names for a TrainState and for orbax's metadata
+    of it."""
 
     def name(key) -> str:
         return str(next(getattr(key, a) for a in ("key", "name", "idx") if hasattr(key, a)))
 
-    return {"/".join(map(name, path)): tuple(leaf.shape) for path, leaf in jax.tree_util.tree_leaves_with_path(tree) if hasattr(leaf, "shape")}
+    return {"/".join(map(name, path)): tuple(leaf.shape)
+            for path, leaf in jax.tree_util.tree_leaves_with_path(tree) if hasattr(leaf, "shape")}
 
 
 def check_compatible(saved_shapes: dict, wanted: dict, where: Path) -> None:
@@ -266,7 +271,8 @@ def check_compatible(saved_shapes: dict, wanted: dict, where: Path) -> None:
     if differ:
         shown = "\n  ".join(differ[:8]) + (f"\n  … and {len(differ) - 8} more" if len(differ) > 8 else "")
         raise CheckpointMismatchError(
-            f"the checkpoint at {where} does not fit the model/optimizer being built ({len(differ)} entries differ):\n  {shown}\n"
-            "It was written by a run with another model, number of classes, widths or optimizer: use that run's config, "
-            "or a new --workdir."
+            f"the checkpoint at {where} does not fit the model/optimizer being built ({len(differ)} entries differ):"
+            f"\n  {shown}\n"
+            "It was written by a run with another model, number of classes, widths or optimizer: use that run's "
+            "config, or a new --workdir."
         )

@@ -156,7 +156,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     """Raise ConfigError listing every bad value of a run config; nothing is read, written or compiled.
 
     The loop's keys are checked here; the model, optimizer, schedule and plateau sections by building them (cheap:
-    no data, no arrays), so their one definition of what is valid is used; the data section by `resnet_jax.data.validate_config`.
+    no data, no arrays), so their one definition of what is valid is used; the data section by
+    `resnet_jax.data.validate_config`.
     """
     problems = []
 
@@ -167,8 +168,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     def integer(value) -> bool:
         return isinstance(value, int) and not isinstance(value, bool)
 
-    need(integer(config.batch_size) and config.batch_size > 0, "batch_size", "must be a positive integer (the global batch)")
-    for key in ("num_epochs", "num_steps", "seed", "eval_every_steps", "checkpoint_every_steps", "diagnostics_every_steps"):
+    need(integer(config.batch_size) and config.batch_size > 0, "batch_size",
+         "must be a positive integer (the global batch)")
+    for key in ("num_epochs", "num_steps", "seed", "eval_every_steps", "checkpoint_every_steps",
+                "diagnostics_every_steps"):
         need(integer(config[key]) and config[key] >= 0, key, "must be an integer >= 0")
     for key in ("log_every_steps", "checkpoint_keep"):
         need(integer(config[key]) and config[key] >= 1, key, "must be an integer >= 1" + (
@@ -187,7 +190,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for key, metric in monitored.items():
         split, _, name = str(metric).partition("/")
         if split not in metrics or name not in EVAL_METRICS:
-            problems.append(f"{key}={metric!r}: choose one of {', '.join(f'{s}/{n}' for s in metrics for n in EVAL_METRICS)}")
+            choices = ", ".join(f"{s}/{n}" for s in metrics for n in EVAL_METRICS)
+            problems.append(f"{key}={metric!r}: choose one of {choices}")
 
     lr = config.optimizer.learning_rate
     lr = lr if 0 < lr < float("inf") else 1.0  # a bad rate is the optimizer's problem, not the schedule's or plateau's

@@ -129,7 +129,9 @@ def update_ratio_metrics(params: Params, new_params: Params) -> dict[str, jax.Ar
     return _prefixed("update_ratio", update_ratios(params, new_params))
 
 
-def measure(model: nn.Module, variables: Params, batch: Batch, loss_fn: LossFn = mean_cross_entropy) -> dict[str, float]:
+def measure(
+    model: nn.Module, variables: Params, batch: Batch, loss_fn: LossFn = mean_cross_entropy
+) -> dict[str, float]:
     """All of `diagnostics_fn` in one call, as Python floats in forward order (compiles on every call)."""
     out = diagnostics_fn(model, loss_fn)(variables, batch)
     groups = layer_groups(variables["params"])

@@ -173,7 +173,8 @@ def is_lead() -> bool:
 def quiet_followers() -> None:
     """Only process 0 prints: the others' stdout is discarded (their warnings and errors still reach stderr)."""
     if not is_lead():
-        sys.stdout = open(os.devnull, "w")
+        # not a `with`: the replacement stdout has to stay open for the rest of the process
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115
 
 
 def _from_lead(value: Any) -> Any:

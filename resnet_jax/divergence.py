@@ -21,7 +21,8 @@ def check(nonfinite_steps: list[int], mode: str, last_checkpoint: str) -> None:
     if nonfinite_steps and mode == "stop":
         raise NonFiniteError(
             f"the loss or a gradient was not finite at step {nonfinite_steps[0]} "
-            f"({len(nonfinite_steps)} such step(s) up to step {nonfinite_steps[-1]}): the run stopped and saved nothing "
-            f"after it. The last good checkpoint is {last_checkpoint}. Lower the learning rate (or add warm-up), or set "
-            "nonfinite='skip' to skip such steps, then re-run the same command to resume from that checkpoint."
+            f"({len(nonfinite_steps)} such step(s) up to step {nonfinite_steps[-1]}): the run stopped and saved "
+            f"nothing after it. The last good checkpoint is {last_checkpoint}. Lower the learning rate (or add "
+            "warm-up), or set nonfinite='skip' to skip such steps, then re-run the same command to resume from that "
+            "checkpoint."
         )

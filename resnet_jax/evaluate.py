@@ -27,7 +27,8 @@ def evaluate_run(workdir: str | Path, which: str = "best", splits: tuple[str, ..
     workdir = Path(workdir)
     saved = workdir / "config.json"
     if not saved.exists():
-        raise FileNotFoundError(f"{saved} not found: --workdir must be a directory written by python -m resnet_jax.train")
+        raise FileNotFoundError(
+            f"{saved} not found: --workdir must be a directory written by python -m resnet_jax.train")
     config = from_saved(saved.read_text())
     run = setup(config)
     missing = [s for s in splits if s not in run.pipeline.split_sizes]

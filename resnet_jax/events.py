@@ -21,7 +21,8 @@ class ScalarWriter:
         logdir = Path(logdir)
         logdir.mkdir(parents=True, exist_ok=True)
         name = f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{os.getpid()}"
-        self._records = RecordWriter(open(logdir / name, "ab"))
+        # not a `with`: the file lives as long as the writer, and RecordWriter.close (in `close`) closes it
+        self._records = RecordWriter(open(logdir / name, "ab"))  # noqa: SIM115
         self._write(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
 
     def write(self, step: int, scalars: Mapping[str, float]) -> None:

@@ -21,7 +21,9 @@ def for_dtype(dtype: Any) -> DynamicScale | None:
     return DynamicScale(fin_steps=jnp.zeros((), jnp.int32), scale=jnp.asarray(2.0**16, jnp.float32))  # strongly typed
 
 
-def value_and_grad(fun: Callable, loss_scale: DynamicScale | None, params: Any) -> tuple[DynamicScale | None, jax.Array, Any, Any]:
+def value_and_grad(
+    fun: Callable, loss_scale: DynamicScale | None, params: Any
+) -> tuple[DynamicScale | None, jax.Array, Any, Any]:
     """(new loss scale, whether the gradients are finite, fun's (loss, aux), float32 gradients) of a has_aux loss.
 
     Without a loss scale this is jax.value_and_grad(fun, has_aux=True)(params), with gradients reported finite.

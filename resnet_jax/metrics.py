@@ -97,11 +97,11 @@ class TrainMeter:
         """(means over the window's finite steps, the window's non-finite steps); empties the window."""
         fetched = jax.device_get([m for *_, m in self.window])
         steps, values = [], []
-        for (last, count, _), m in zip(self.window, fetched):
+        for (last, count, _), m in zip(self.window, fetched, strict=True):
             steps += range(last - count + 1, last + 1)
             values += [{k: np.reshape(v, -1)[i] for k, v in m.items()} for i in range(count)]
         self.window = []
-        bad = [s for s, m in zip(steps, values) if m["nonfinite"]]
+        bad = [s for s, m in zip(steps, values, strict=True) if m["nonfinite"]]
         good = [{k: float(v) for k, v in m.items() if k != "nonfinite"} for m in values if not m["nonfinite"]]
         # New dicts, never updated in place: a checkpoint being written asynchronously holds the previous ones.
         sums = dict(self.totals["sums"])
@@ -131,7 +131,7 @@ def plot_curves(workdir: str | Path, out: str | Path | None = None) -> Path:
     events = read_metrics(workdir)
     out = Path(out or Path(workdir) / "curves.png")
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, metric in zip(axes, ("loss", "accuracy")):
+    for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
         nonfinite = []
         for split, style in (("train_epoch", "-"), ("val", "--"), ("test", ":")):
             key = f"{split}/{metric}"

@@ -7,7 +7,6 @@ Keras seed's "x0.1 after epoch 80" are both one line of config.
 
 import math
 from collections.abc import Callable
-from typing import Any
 
 import jax
 import ml_collections
@@ -27,8 +26,11 @@ def schedule_config() -> ml_collections.ConfigDict:
             boundaries=(),  # piecewise: points where the rate is multiplied by the matching scale
             scales=(),  # piecewise: multiplicative factors, cumulative (0.1, 0.1 -> 0.1x then 0.01x)
             warmup=0.0,  # length of the warm-up, in `unit`
-            warmup_lr=0.0,  # piecewise/constant: a constant rate during warm-up (paper's ResNet-110: 0.01); cosine warms up linearly from 0
-            warmup_linear=False,  # piecewise/constant: rise linearly from warmup_lr to the base rate instead (Goyal et al.)
+            # piecewise/constant: a constant rate during warm-up (paper's ResNet-110: 0.01); cosine warms up
+            # linearly from 0
+            warmup_lr=0.0,
+            # piecewise/constant: rise linearly from warmup_lr to the base rate instead (Goyal et al.)
+            warmup_linear=False,
         )
     )
 
@@ -73,7 +75,9 @@ def to_steps(value: float, unit: str, steps_per_epoch: int) -> int:
     raise ValueError(f"unknown schedule unit {unit!r}; choose 'epochs' or 'steps'")
 
 
-def make_schedule(config: ml_collections.ConfigDict, base_lr: float, steps_per_epoch: int, total_steps: int) -> optax.Schedule:
+def make_schedule(
+    config: ml_collections.ConfigDict, base_lr: float, steps_per_epoch: int, total_steps: int
+) -> optax.Schedule:
     """The learning rate as a function of the optimizer step."""
     unit = config.unit
     if not config.warmup >= 0:
@@ -85,13 +89,14 @@ def make_schedule(config: ml_collections.ConfigDict, base_lr: float, steps_per_e
         main = optax.constant_schedule(base_lr)
     elif config.name == "piecewise":
         if len(config.boundaries) != len(config.scales):
-            raise ValueError(f"schedule.boundaries {config.boundaries} and schedule.scales {config.scales} differ in length")
+            raise ValueError(
+                f"schedule.boundaries {config.boundaries} and schedule.scales {config.scales} differ in length")
         if any(not b >= 0 for b in config.boundaries) or list(config.boundaries) != sorted(config.boundaries):
             raise ValueError(f"schedule.boundaries {config.boundaries} must be >= 0 and in increasing order")
         if any(not s > 0 for s in config.scales):
             raise ValueError(f"schedule.scales {config.scales} must be > 0")
         boundaries = [to_steps(b, unit, steps_per_epoch) for b in config.boundaries]
-        main = optax.piecewise_constant_schedule(base_lr, dict(zip(boundaries, config.scales)))
+        main = optax.piecewise_constant_schedule(base_lr, dict(zip(boundaries, config.scales, strict=True)))
     else:
         raise ValueError(f"unknown schedule {config.name!r}; choose one of {', '.join(SCHEDULES)}")
     if warmup == 0:
@@ -124,7 +129,8 @@ def make_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule) 
     if (config.weight_decay_mode == "decoupled") != (config.name == "adamw"):
         raise ValueError(
             f"optimizer {config.name!r} with weight_decay_mode {config.weight_decay_mode!r}: decoupled weight decay "
-            "is AdamW's; use optimizer.name='adamw' with weight_decay_mode='decoupled', or weight_decay_mode='l2' otherwise"
+            "is AdamW's; use optimizer.name='adamw' with weight_decay_mode='decoupled', or weight_decay_mode='l2' "
+            "otherwise"
         )
     mask: Callable | None = None if config.decay_norm_and_bias else kernel_mask
     if config.name == "adamw":

@@ -20,7 +20,8 @@ COMMIT_ENV = "RESNET_JAX_COMMIT"  # the commit of a copied working tree without 
 
 
 def git_commit() -> str:
-    """Short HEAD, with '+dirty' when tracked files differ from it; outside a git checkout, $RESNET_JAX_COMMIT or 'unknown'."""
+    """Short HEAD, with '+dirty' when tracked files differ from it; outside a git checkout, $RESNET_JAX_COMMIT or
+    'unknown'."""
     git = lambda *cmd: subprocess.run(["git", *cmd], cwd=ROOT, capture_output=True, text=True).stdout.strip()  # noqa: E731
     commit = git("rev-parse", "--short", "HEAD") if shutil.which("git") else ""
     if not commit:
@@ -33,7 +34,8 @@ def cpu_model() -> str:
         lines = Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:
         return platform.processor()
-    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), platform.processor())
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")),
+                platform.processor())
 
 
 @functools.cache
@@ -47,19 +49,21 @@ def nvidia_gpus() -> dict[str, Any] | None:
         header = subprocess.run(["nvidia-smi"], capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError) as e:
         return {"error": f"nvidia-smi failed: {e}"}
-    gpus = [dict(zip(("name", "memory", "driver"), (f.strip() for f in row.split(",")))) for row in rows]
+    # strict=False: a row of unexpected shape is recorded as far as it goes rather than failing the run's record
+    gpus = [dict(zip(("name", "memory", "driver"), (f.strip() for f in row.split(",")), strict=False)) for row in rows]
     cuda = re.search(r"CUDA Version:\s*([\d.]+)", header)
     return {"gpus": gpus, "driver": gpus[0]["driver"] if gpus else None, "cuda_driver_api": cuda and cuda[1]}
 
 
 def provenance() -> dict[str, Any]:
-    """Date (UTC), commit, accelerator (with driver and CUDA on NVIDIA GPUs) and CPU, and the numerical stack's versions."""
+    """Date (UTC), commit, accelerator (with driver and CUDA on NVIDIA GPUs) and CPU, and the numerical stack's
+    versions."""
     device = jax.devices()[0]
     versions = {m: importlib.import_module(m).__version__ for m in ("jax", "jaxlib", "flax", "optax")}
     plugins = {d.metadata["Name"]: d.version for d in importlib.metadata.distributions()
                if (d.metadata["Name"] or "").startswith(("jax-cuda", "jax_cuda"))}
     return {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "commit": git_commit(),
         "device": f"{jax.device_count()} x {device.device_kind} ({device.platform})",
         "cpu": f"{cpu_model()}, {os.cpu_count()} cores",

@@ -99,7 +99,8 @@ def train_step(state: TrainState, batch: dict, *, model: nn.Module, tx: optax.Gr
 
 
 def eval_step(state: TrainState, batch: dict, *, model: nn.Module) -> dict:
-    """Sums (not means) over the real examples (mask == 1) of a padded batch, so that a split is counted exactly once."""
+    """Sums (not means) over the real examples (mask == 1) of a padded batch, so that a split is counted exactly
+    once."""
     logits = model.apply({"params": state.params, "batch_stats": state.batch_stats}, batch["image"], train=False)
     mask = batch["mask"]
     return {

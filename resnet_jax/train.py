@@ -59,7 +59,8 @@ if __name__ == "__main__":
     FLAGS = flags.FLAGS
     config_flags.DEFINE_config_file("config", None, "experiment config file (experiments/*.py)", lock_config=True)
     flags.DEFINE_string("workdir", None, "directory for checkpoints, metrics and figures; re-use it to resume")
-    flags.DEFINE_bool("overwrite", False, "if --workdir holds a run with another config, move it aside and start afresh")
+    flags.DEFINE_bool("overwrite", False,
+                      "if --workdir holds a run with another config, move it aside and start afresh")
     distributed.define_flags()
     flags.mark_flags_as_required(["config", "workdir"])
     app.run(main, flags_parser=parse_flags)

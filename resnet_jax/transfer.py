@@ -67,9 +67,9 @@ def frozen_count(freeze_stages: int, model: ResNet) -> int:
     stages = num_stages(model)
     if not -1 <= freeze_stages <= stages:
         raise ValueError(
-            f"transfer.freeze_stages={freeze_stages}, but this {len(model.stage_sizes)}-stage network has {stages} stages "
-            f"counting the stem as stage 0: use 0 (train everything) to {stages} (the whole backbone), or -1 for the "
-            "whole backbone")
+            f"transfer.freeze_stages={freeze_stages}, but this {len(model.stage_sizes)}-stage network has {stages} "
+            f"stages counting the stem as stage 0: use 0 (train everything) to {stages} (the whole backbone), or -1 "
+            "for the whole backbone")
     return stages if freeze_stages == -1 else freeze_stages
 
 
@@ -80,16 +80,19 @@ def param_labels(params, frozen: int, stages: int):
         stage = stage_of(layer, stages)
         return "head" if stage is None else "frozen" if stage < frozen else "backbone"
 
-    return {layer: jax.tree.map(lambda _: label(layer), sub) for layer, sub in params.items()}
+    return {layer: jax.tree.map(lambda _, layer=layer: label(layer), sub) for layer, sub in params.items()}
 
 
-def make_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule, model: ResNet) -> optax.GradientTransformation:
+def make_optimizer(
+    config: ml_collections.ConfigDict, schedule: optax.Schedule, model: ResNet
+) -> optax.GradientTransformation:
     """The run's optimizer (optim.make_optimizer) for what trains, at backbone_lr_scale x the rate for the backbone;
     frozen parameters get zero updates, no weight decay and no optimizer state. Without freezing or scaling it is
     optim.make_optimizer itself (the same optimizer state as a run without transfer options)."""
     frozen, scale = frozen_count(config.transfer.freeze_stages, model), config.transfer.backbone_lr_scale
     if not scale > 0:
-        raise ValueError(f"transfer.backbone_lr_scale must be > 0 (got {scale}); freeze stages with transfer.freeze_stages")
+        raise ValueError(
+            f"transfer.backbone_lr_scale must be > 0 (got {scale}); freeze stages with transfer.freeze_stages")
     if frozen == 0 and scale == 1:
         return optim.make_optimizer(config.optimizer, schedule)
     transforms = {
@@ -110,14 +113,15 @@ def configure(config: ml_collections.ConfigDict, model: ResNet, pipeline: Pipeli
             problems.append(f"the whole backbone frozen (transfer.freeze_stages=-1; it freezes {frozen} of "
                             f"{num_stages(model)} stages)")
         if config.data.augment:
-            problems.append(f"no augmentation (data.augment=(); it is {tuple(config.data.augment)!r}): each epoch would "
-                            "see other images than the stored features")
+            problems.append(f"no augmentation (data.augment=(); it is {tuple(config.data.augment)!r}): each epoch "
+                            "would see other images than the stored features")
         if not hasattr(pipeline, "train_order"):
             problems.append("the dataset in memory (it is streamed: set data.in_memory=True if it fits)")
         if config.diagnostics_every_steps:
             problems.append("no gradient diagnostics (diagnostics_every_steps=0): they need the full forward")
         if problems:
-            raise ValueError("transfer.cache_features needs " + "; ".join(problems) + ". Or set transfer.cache_features=False.")
+            raise ValueError("transfer.cache_features needs " + "; ".join(problems)
+                             + ". Or set transfer.cache_features=False.")
     if model.head_dropout and config.diagnostics_every_steps:
         raise ValueError("diagnostics_every_steps runs the model in train mode without a dropout key: set "
                          "model.head_dropout=0 or diagnostics_every_steps=0")
@@ -155,7 +159,8 @@ def load_init_from(config: ml_collections.ConfigDict, model: ResNet, image_shape
     head layers unless keep_head. Reads one of our checkpoints or (lazily imported) resnet_jax.pretrained."""
     check_init_from(config)
     fresh = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, *image_shape)), train=False))
-    wanted = {c: {k: v for k, v in fresh[c].items() if config.keep_head or not is_head(k)} for c in ("params", "batch_stats")}
+    wanted = {c: {k: v for k, v in fresh[c].items() if config.keep_head or not is_head(k)}
+              for c in ("params", "batch_stats")}
     if config.format == "checkpoint":
         variables = _checkpoint_variables(Path(config.path).expanduser(), config.checkpoint, wanted, config.keep_head)
     else:
@@ -167,8 +172,10 @@ def load_init_from(config: ml_collections.ConfigDict, model: ResNet, image_shape
 
 
 def _checkpoint_variables(workdir: Path, which: str, wanted: dict, keep_head: bool) -> dict:
-    """The model variables of a run's `which` checkpoint, checked against `wanted` (from its metadata, before reading)."""
-    checkpoints = Checkpoints(workdir, best_metric=saved_best_metric(workdir), read_only=True)  # another run's: touch nothing
+    """The model variables of a run's `which` checkpoint, checked against `wanted` (from its metadata, before
+    reading)."""
+    # another run's: touch nothing
+    checkpoints = Checkpoints(workdir, best_metric=saved_best_metric(workdir), read_only=True)
     try:
         step = checkpoints.step(which)
         if step is None:
@@ -190,7 +197,8 @@ def _checkpoint_variables(workdir: Path, which: str, wanted: dict, keep_head: bo
 
 
 def start_from(state, variables: dict, tx: optax.GradientTransformation):
-    """`state` (a fresh TrainState) with `variables` merged over its own, and its optimizer state made afresh for them."""
+    """`state` (a fresh TrainState) with `variables` merged over its own, and its optimizer state made afresh for
+    them."""
 
     def merged(collection: str):
         flat = traverse_util.flatten_dict(jax.device_get(getattr(state, collection)))
@@ -200,7 +208,8 @@ def start_from(state, variables: dict, tx: optax.GradientTransformation):
     params, batch_stats = merged("params"), merged("batch_stats")
     host = state.replace(params=params, batch_stats=batch_stats, opt_state=jax.device_get(tx.init(params)))
     # Each process supplies its own devices' copies (multi-host), laid out as the fresh state.
-    return jax.tree.map(lambda a, like: jax.make_array_from_callback(like.shape, like.sharding, lambda i: a[i]), host, state)
+    return jax.tree.map(lambda a, like: jax.make_array_from_callback(like.shape, like.sharding, lambda i: a[i]),
+                        host, state)
 
 
 # ---- feature caching ---------------------------------------------------------------------------------------

@@ -1,9 +1,10 @@
 """A workdir is one run: its config.json, and the rule for re-using it with a changed config.
 
 A resume may change the keys in COSMETIC (how often it logs, evaluates, checkpoints or diagnoses, how many checkpoints
-it keeps, what it does on a non-finite step, how many steps a compiled call runs, where the same data lives): they do not change what is trained. Any
-other difference is refused, naming the keys, unless --overwrite moves the old run aside. Nothing is written until
-every check passed (`save_config` comes last), so a failed attempt never poisons the workdir.
+it keeps, what it does on a non-finite step, how many steps a compiled call runs, where the same data lives): they do
+not change what is trained. Any other difference is refused, naming the keys, unless --overwrite moves the old run
+aside. Nothing is written until every check passed (`save_config` comes last), so a failed attempt never poisons the
+workdir.
 """
 
 import json

@@ -41,7 +41,7 @@ def fashion_mnist_batch(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 def plot(runs: list[dict], depths: list[int], source: str, path: Path) -> None:
     fig, axes = plt.subplots(2, 2, figsize=(12, 8), sharey="row", constrained_layout=True)
-    colors = dict(zip(depths, plt.cm.viridis(np.linspace(0, 0.85, len(depths)))))
+    colors = dict(zip(depths, plt.cm.viridis(np.linspace(0, 0.85, len(depths))), strict=True))
     for run in runs:
         col = int(run["residual"])
         for row, key in enumerate(("grad_norm", "act_norm")):

@@ -4,8 +4,8 @@
         [--dtypes float32 bfloat16 float16] [--seeds 0 1] [--epochs 1]
 
 Each (dtype, seed) is an ordinary train_and_evaluate run of experiments/quickstart.py in <root>/<dtype>-seed<s>
-(re-running resumes it, or skips it once <workdir>/mixed_precision.json records it done). <out> gets summary.json (final metrics, wall time, provenance), report.md and
-every run's metrics.jsonl and config.json under records/.
+(re-running resumes it, or skips it once <workdir>/mixed_precision.json records it done). <out> gets summary.json
+(final metrics, wall time, provenance), report.md and every run's metrics.jsonl and config.json under records/.
 """
 
 import argparse
@@ -49,7 +49,8 @@ def report(runs: list[dict], out: Path, root: Path, command: str) -> None:
         table[dtype] = {"test_accuracy_mean": statistics.mean(accs), "test_accuracy_spread": max(accs) - min(accs),
                         "seeds": len(accs)}
     out.mkdir(parents=True, exist_ok=True)
-    (out / "summary.json").write_text(json.dumps({"command": command, "runs": runs, "by_dtype": table}, indent=1) + "\n")
+    (out / "summary.json").write_text(
+        json.dumps({"command": command, "runs": runs, "by_dtype": table}, indent=1) + "\n")
     lines = [
         "# Mixed precision on a short real run",
         "",

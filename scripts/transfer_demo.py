@@ -31,11 +31,19 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from resnet_jax.metrics import METRICS_FILE, read_metrics  # noqa: E402
 from resnet_jax.provenance import provenance  # noqa: E402
-from scripts.ablation import STATUS_FILE, fmt, load_experiment, mean_std, read_status, run_cell, write_status  # noqa: E402
+from scripts.ablation import (  # noqa: E402
+    STATUS_FILE,
+    fmt,
+    load_experiment,
+    mean_std,
+    read_status,
+    run_cell,
+    write_status,
+)
 
 EXPERIMENT = ROOT / "experiments" / "transfer_fashion.py"
-LABELS = {"scratch": "from scratch", "frozen": "frozen backbone + head", "frozen_cached": "frozen + head, cached features",
-          "finetune": "fine-tune all (backbone at 0.1x)"}
+LABELS = {"scratch": "from scratch", "frozen": "frozen backbone + head",
+          "frozen_cached": "frozen + head, cached features", "finetune": "fine-tune all (backbone at 0.1x)"}
 
 
 def shots_name(shots: int) -> str:
@@ -46,9 +54,11 @@ def plan(seeds: list[int], shots_list: list[int]) -> list[tuple[str, str, int]]:
     """(workdir name, config argument, seed) in running order: the backbones first, then shots x seed x method."""
     runs = [(f"pretrain-seed{s}", "pretrain", s) for s in seeds]
     experiment = load_experiment(EXPERIMENT)
-    runs += [(f"{m}-{shots_name(n)}shot-seed{s}", f"{m},{n}", s) for n in shots_list for s in seeds for m in experiment.METHODS]
+    runs += [(f"{m}-{shots_name(n)}shot-seed{s}", f"{m},{n}", s)
+             for n in shots_list for s in seeds for m in experiment.METHODS]
     epochs = experiment.CACHING_EPOCHS
-    runs += [(f"{m}-allshot-{epochs}ep-seed{s}", f"{m},0,{epochs}", s) for s in seeds for m in ("frozen", "frozen_cached")]
+    runs += [(f"{m}-allshot-{epochs}ep-seed{s}", f"{m},0,{epochs}", s)
+             for s in seeds for m in ("frozen", "frozen_cached")]
     return runs
 
 
@@ -66,7 +76,8 @@ def run_all(root: Path, seeds: list[int], shots_list: list[int], command: str) -
     for i, (name, arg, seed) in enumerate(runs, 1):
         done, cpu = read_status(root / name).get("done"), time.process_time()
         outcome = run_cell(run_config(arg, seed, root), root / name, command)
-        if not done:  # CPU time of this process (all its threads): far less sensitive to the machine's load than wall time
+        # CPU time of this process (all its threads): far less sensitive to the machine's load than wall time
+        if not done:
             write_status(root / name, read_status(root / name) | {"cpu_seconds": time.process_time() - cpu})
         print(f"[transfer {i}/{len(runs)}] {name}: {outcome}", flush=True)
     print(f"[transfer] {len(runs)} runs in {time.perf_counter() - start:.0f} s", flush=True)
@@ -86,8 +97,8 @@ def load_run(workdir: Path) -> dict | None:
     # Steady state: the train logs after the first epoch (which holds the compilation).
     rates = [e["images_per_sec"] for e in events if "images_per_sec" in e and e["epoch"] > 1]
     method, shots = (workdir.name.split("-")[0], config["data"]["train_per_class"])
-    return {"name": workdir.name, "method": method, "shots": shots, "epochs": config["num_epochs"], "seed": config["seed"],
-            "status": status,
+    return {"name": workdir.name, "method": method, "shots": shots, "epochs": config["num_epochs"],
+            "seed": config["seed"], "status": status,
             "test_accuracy": 100 * final["test/accuracy"], "seconds": status["seconds"],
             "cpu_seconds": status.get("cpu_seconds"), "steps": final["step"],
             "train_images": final["step"] * config["batch_size"],
@@ -103,7 +114,8 @@ def summarize(runs: list[dict], lengths: dict) -> dict:
             table.setdefault((run["method"], run["shots"]), []).append(run)
     cells = {key: {"accuracy": mean_std([r["test_accuracy"] for r in group]),
                    "seconds": mean_std([r["seconds"] for r in group]),
-                   "cpu_seconds": mean_std([r["cpu_seconds"] for r in group]) if all(r["cpu_seconds"] for r in group) else None,
+                   "cpu_seconds": (mean_std([r["cpu_seconds"] for r in group])
+                                   if all(r["cpu_seconds"] for r in group) else None),
                    "seeds": sorted(r["seed"] for r in group)}
              for key, group in table.items()}
     by_name = {r["name"]: r for r in runs}
@@ -153,7 +165,8 @@ def plot(runs: list[dict], summary: dict, methods: list[str], shots_list: list[i
     acc_ax.legend()
     time_ax.set_ylabel("CPU time per run (s, the process's threads)")
     seeds = sorted({r["seed"] for r in runs})
-    fig.suptitle(f"Fashion-MNIST: backbone pretrained on classes 0-4, transferred to classes 5-9 (mean ± std over seeds {seeds})")
+    fig.suptitle("Fashion-MNIST: backbone pretrained on classes 0-4, transferred to classes 5-9 "
+                 f"(mean ± std over seeds {seeds})")
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
@@ -184,13 +197,16 @@ def write_report(root: Path, out: Path, command: str, copy_records: bool) -> dic
              f"{', '.join(sorted({s['commit'] for s in statuses}))}; report {report['date']} at {report['commit']}; "
              f"jax {report['versions']['jax']}, flax {report['versions']['flax']}",
              f"- **Machine load:** a shared 2-core machine, busy with other work: the 1-minute load average at the end "
-             f"of each run was {min(loads):.1f} to {max(loads):.1f} (median {statistics.median(loads):.1f}). Wall times "
-             "are those of a loaded machine and only comparable within this study; ratios come from runs made back to back.",
+             f"of each run was {min(loads):.1f} to {max(loads):.1f} (median {statistics.median(loads):.1f}). "
+             "Wall times are those of a loaded machine and only comparable within this study; ratios come from runs "
+             "made back to back.",
              f"- Wall time: {total:.0f} s ({total / 60:.1f} min) for all {len(runs)} runs ({len(pretrain)} backbones, "
              f"{len(transfer_runs)} transfer runs), data loading, compilation, evaluation and checkpoints included; "
              f"CPU time {cpu_total:.0f} s ({cpu_total / 60:.1f} min) over the runs that recorded it "
              f"({sum('cpu_seconds' in s for s in statuses)} of {len(statuses)})",
-             "", "Setup (experiments/transfer_fashion.py): " + experiment.__doc__.split("\n\n")[2].replace("\n", " "), "",
+             "",
+             "Setup (experiments/transfer_fashion.py): " + experiment.__doc__.split("\n\n")[2].replace("\n", " "),
+             "",
              "```", experiment.__doc__.split("\n\n")[3].strip(), "```", ""]
     if pretrain:
         acc = mean_std([r["test_accuracy"] for r in pretrain])
@@ -217,20 +233,28 @@ def write_report(root: Path, out: Path, command: str, copy_records: bool) -> dic
         lines += ["## Feature caching", "",
                   "Each frozen run and its cached twin ran back to back (same seed, same steps). CPU and wall time: "
                   "whole run (uncached / cached, mean over seeds), and their ratios. Step ratio: median training "
-                  "throughput (wall) after the first epoch, cached / uncached. Accuracy difference: cached − uncached "
-                  "(the same steps: 0 up to float rounding). A whole run also loads data, compiles, evaluates and saves "
-                  "a checkpoint after every epoch: caching saves the backbone's forward pass of every training step, "
-                  "so it pays more the more epochs the head trains.", "",
+                  "throughput (wall) after the first epoch, cached / uncached. Accuracy difference: cached − "
+                  "uncached (the same steps: 0 up to float rounding). A whole run also loads data, compiles, "
+                  "evaluates and saves a checkpoint after every epoch: caching saves the backbone's forward pass of "
+                  "every training step, so it pays more the more epochs the head trains.", "",
                   "| labels per class | epochs | CPU s (uncached / cached) | CPU-time ratio | wall s | wall-time ratio "
-                  "| step ratio | accuracy difference (points) |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+                  "| step ratio | accuracy difference (points) |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
         for n, epochs in sorted({(p["shots"], p["epochs"]) for p in summary["pairs"]},
                                 key=lambda k: (shots_list.index(k[0]), k[1])):
             group = [p for p in summary["pairs"] if (p["shots"], p["epochs"]) == (n, epochs)]
             if group:
-                ratio = lambda key: fmt(mean_std(v)) + "x" if (v := [p[key] for p in group if p[key]]) else "—"
-                mean = lambda key, i: f"{statistics.mean(p[key][i] for p in group):.0f}" if all(p[key][i] for p in group) else "—"
+
+                def ratio(key, group=group):
+                    values = [p[key] for p in group if p[key]]
+                    return fmt(mean_std(values)) + "x" if values else "—"
+
+                def mean(key, i, group=group):
+                    return f"{statistics.mean(p[key][i] for p in group):.0f}" if all(p[key][i] for p in group) else "—"
+
                 lines.append(f"| {shots_name(n)} | {epochs} | {mean('cpu_seconds', 0)} / {mean('cpu_seconds', 1)} | "
-                             f"{ratio('cpu_ratio')} | {mean('seconds', 0)} / {mean('seconds', 1)} | {ratio('wall_ratio')} | "
+                             f"{ratio('cpu_ratio')} | {mean('seconds', 0)} / {mean('seconds', 1)} | "
+                             f"{ratio('wall_ratio')} | "
                              f"{ratio('step_ratio')} | "
                              f"{max(abs(p['accuracy_difference']) for p in group):.2f} at most |")
         lines.append("")
@@ -241,7 +265,8 @@ def write_report(root: Path, out: Path, command: str, copy_records: bool) -> dic
             for name in (METRICS_FILE, "config.json", STATUS_FILE):
                 shutil.copy(root / run["name"] / name, dest / name)
         lines += [f"Each run's metrics.jsonl, config.json and {STATUS_FILE} are in `records/`; "
-                  f"`python scripts/transfer_demo.py report --root {out}/records --out {out}` rebuilds this report from them.", ""]
+                  f"`python scripts/transfer_demo.py report --root {out}/records --out {out}` rebuilds this report "
+                  "from them.", ""]
     (out / "report.md").write_text("\n".join(lines))
     flat = {f"{m}/{shots_name(n)}": c for (m, n), c in summary["cells"].items()}
     result = {"runs": [{k: v for k, v in r.items() if k != "status"} for r in runs], "cells": flat,

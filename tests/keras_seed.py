@@ -7,7 +7,8 @@ from keras.models import Model
 from keras.regularizers import l2
 
 
-def resnet_layer(inputs, num_filters=16, kernel_size=3, strides=1, activation="relu", batch_normalization=True, conv_first=True):
+def resnet_layer(inputs, num_filters=16, kernel_size=3, strides=1, activation="relu", batch_normalization=True,
+                 conv_first=True):
     conv = Conv2D(num_filters, kernel_size=kernel_size, strides=strides, padding="same",
                   kernel_initializer="he_normal", kernel_regularizer=l2(1e-4))
     x = inputs
@@ -39,7 +40,8 @@ def resnet_v1(input_shape, depth, num_classes=10):
             y = resnet_layer(inputs=x, num_filters=num_filters, strides=strides)
             y = resnet_layer(inputs=y, num_filters=num_filters, activation=None)
             if stack > 0 and res_block == 0:
-                x = resnet_layer(inputs=x, num_filters=num_filters, kernel_size=1, strides=strides, activation=None, batch_normalization=False)
+                x = resnet_layer(inputs=x, num_filters=num_filters, kernel_size=1, strides=strides, activation=None,
+                                 batch_normalization=False)
             x = keras.layers.add([x, y])
             x = Activation("relu")(x)
         num_filters *= 2

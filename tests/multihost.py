@@ -80,7 +80,7 @@ class Processes:
                 raise AssertionError(f"processes still running after {timeout:.0f} s (hung?):\n{self.tails()}")
             time.sleep(0.05)
         return [Result(p.returncode, out.read_text(), err.read_text(), self.ended[i])
-                for i, (p, (out, err)) in enumerate(zip(self.procs, self.logs))]
+                for i, (p, (out, err)) in enumerate(zip(self.procs, self.logs, strict=True))]
 
     def kill_all(self) -> None:
         for p in self.procs:

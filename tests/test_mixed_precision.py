@@ -1,4 +1,5 @@
-"""Mixed precision: bfloat16 really computes in bfloat16 with float32 state; float16 is loss-scaled, never silently not."""
+"""Mixed precision: bfloat16 really computes in bfloat16 with float32 state; float16 is loss-scaled, never silently
+not."""
 
 from functools import partial
 

@@ -21,7 +21,8 @@ def config_for(idx_dir, **overrides):
     before steps 0 and 12."""
     c = default_config()
     c.model.update(name="resnet8", widths=(4, 8, 16))
-    c.data.update(name="fashion_mnist", source="idx", path=str(idx_dir), val_size=64, image_size=16, augment=("crop", "flip"))
+    c.data.update(name="fashion_mnist", source="idx", path=str(idx_dir), val_size=64, image_size=16,
+                  augment=("crop", "flip"))
     c.update(batch_size=16, num_steps=24, log_every_steps=8, checkpoint_every_steps=12, diagnostics_every_steps=12)
     c.optimizer.update(name="sgd", learning_rate=0.05, weight_decay=5e-4)
     c.schedule.update(name="cosine", warmup=0.25)
@@ -58,7 +59,9 @@ def device_reads(monkeypatch):
 def steps_with_reads(calls: list[tuple[int, int]]) -> set[int]:
     """The steps at which a call found the device read since the previous call; calls: (steps, reads before it)."""
     starts = itertools.accumulate([n for n, _ in calls], initial=0)
-    return {step for step, (_, before), (_, after) in zip(list(starts)[1:], calls, calls[1:]) if after > before}
+    # strict=False: calls[1:] is one shorter, so the last call (with no call after it) pairs with nothing
+    return {step for step, (_, before), (_, after) in zip(list(starts)[1:], calls, calls[1:], strict=False)
+            if after > before}
 
 
 def test_eight_steps_per_call_equal_one_step_per_call_and_resume_exactly_mid_epoch(
@@ -95,7 +98,7 @@ def test_eight_steps_per_call_equal_one_step_per_call_and_resume_exactly_mid_epo
     assert [e["step"] for e in reference if "train/loss" in e] == [8, 12, 16, 24]
     assert [e["step"] for e in reference if any(k.startswith("diag/") for k in e)] == [0, 12]
     assert [sorted(e) for e in fused] == [sorted(e) for e in reference]
-    for got, want in zip(fused, reference):
+    for got, want in zip(fused, reference, strict=True):
         assert got == pytest.approx(want, rel=1e-4, abs=1e-6), want["step"]
     assert eight == pytest.approx(one, rel=1e-4, abs=1e-6)
     chex.assert_trees_all_close(final["k8"], final["k1"], rtol=2e-3, atol=5e-5)
@@ -147,7 +150,7 @@ def test_prefetch_yields_the_same_batches_in_order_with_two_in_flight(tiny_run):
     rest = list(fetched)
     expected = list(pipeline.train_batches(1))
     assert len(rest) + 1 == len(expected) == pipeline.steps_per_epoch
-    for got, want in zip([first, *rest], expected):
+    for got, want in zip([first, *rest], expected, strict=True):
         assert got["image"].sharding == want["image"].sharding
         np.testing.assert_array_equal(got["image"], want["image"])
         np.testing.assert_array_equal(got["label"], want["label"])

@@ -4,14 +4,15 @@ Parity: each reference network gets random weights and random BatchNorm statisti
 variance), is converted, and both sides' eval-mode logits on the same images (2; 1 at 224x224) are compared. In
 float64 on both sides they agree to 1e-9 relative (max |difference| / max |logit|; measured: below 3e-15), which
 proves the architecture and the conversion, down to Keras' BatchNorm epsilon of 1.001e-5 (1e-5 moves ResNet-50's
-logits by about 1e-8). In float32 our error against the float64 reference is at most 4x the reference's own float32 error:
-deep random nets amplify rounding (a fixed tolerance would fail ResNet-152 on rounding alone), and XLA's CPU convs
-round in another order than oneDNN's and TF's (measured: ours 0.5x to 2.9x theirs, all below 1.4e-6).
+logits by about 1e-8). In float32 our error against the float64 reference is at most 4x the reference's own float32
+error: deep random nets amplify rounding (a fixed tolerance would fail ResNet-152 on rounding alone), and XLA's CPU
+convs round in another order than oneDNN's and TF's (measured: ours 0.5x to 2.9x theirs, all below 1.4e-6).
 
 Coverage (sizes: 224 the ImageNet size, 97 odd, 32 the seeds' size):
   torchvision resnet18, resnet50                                    224, 97, 32
   torchvision resnet34, wide_resnet50_2                             97, 32
-  torchvision resnet101, resnet152, wide_resnet101_2                32 (the layers of resnet50 / wide_resnet50_2, repeated)
+  torchvision resnet101, resnet152, wide_resnet101_2                32 (the layers of resnet50 / wide_resnet50_2,
+                                                                    repeated)
   timm (the same 7, loaded with the torchvision tensors)             32
   Keras applications ResNet50                                       224, 97, 32
   Keras applications ResNet50V2                                     97, 32
@@ -34,9 +35,16 @@ import torchvision
 from resnet_jax import create_model
 from resnet_jax import pretrained
 from resnet_jax.models import Layout
-from resnet_jax.pretrained import PretrainedWeightsError, export_torchvision, from_tensors, load_pretrained, torchvision_state_dict
+from resnet_jax.pretrained import (
+    PretrainedWeightsError,
+    export_torchvision,
+    from_tensors,
+    load_pretrained,
+    torchvision_state_dict,
+)
 
-pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning")
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning")
 
 TORCHVISION_SIZES = {
     "resnet18": (224, 97, 32),
@@ -69,7 +77,8 @@ def images(size: int, seed: int = 0) -> np.ndarray:
 
 def our_logits(name: str, tensors, fmt: str, sizes, num_classes: int = 1000, load=from_tensors) -> tuple[dict, dict]:
     """{(size, 'float64' | 'float32'): logits} of zoo model `name` with the converted weights, and the float64
-    variables. `load(source, fmt, model, keep_head=True)`: from_tensors for tensors in memory, load_pretrained for a file."""
+    variables. `load(source, fmt, model, keep_head=True)`: from_tensors for tensors in memory, load_pretrained for a
+    file."""
     out = {}
     with jax.enable_x64(True):
         model = create_model(name, num_classes, dtype=jnp.float64, param_dtype=jnp.float64)
@@ -90,7 +99,8 @@ def assert_parity(label: str, ours: dict, reference: dict) -> None:
     Our float32 error is 0.5-2e-6 and moves with XLA:CPU's conv backend and thread split, as torch's own does."""
     for size in sorted({s for s, _ in reference}, reverse=True):
         r64 = reference[size, "float64"]
-        e64, e32, ref32 = rel(ours[size, "float64"], r64), rel(ours[size, "float32"], r64), rel(reference[size, "float32"], r64)
+        e64, e32 = rel(ours[size, "float64"], r64), rel(ours[size, "float32"], r64)
+        ref32 = rel(reference[size, "float32"], r64)
         print(f"parity {label} {size}x{size}: float64 {e64:.1e}; float32 ours {e32:.1e}, reference {ref32:.1e}")
         assert e64 < 1e-9, (label, size, e64)
         assert e32 <= max(4 * ref32, 1e-5), (label, size, e32, ref32)
@@ -177,7 +187,8 @@ def test_torch_files_pth_safetensors_and_checkpoints_load_alike(resnet18_state, 
     expected = from_tensors(state, "torchvision", ours)
     torch.save(model.state_dict(), tmp_path / "resnet18.pth")
     save_file(model.state_dict(), tmp_path / "resnet18.safetensors")
-    wrapped = {"epoch": 3, "state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}  # DataParallel checkpoint
+    # a DataParallel checkpoint
+    wrapped = {"epoch": 3, "state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}
     torch.save(wrapped, tmp_path / "checkpoint.pt")
     for file, fmt in (("resnet18.pth", "torchvision"), ("resnet18.safetensors", "timm"), ("checkpoint.pt", "auto")):
         loaded = load_pretrained(tmp_path / file, fmt, ours)
@@ -221,7 +232,8 @@ def test_wrong_architecture_lists_missing_unexpected_misshaped_and_names_the_fil
     with pytest.raises(PretrainedWeightsError) as e:
         from_tensors(state, "torchvision", create_model("resnet34", 1000), source="resnet18.pth")
     message = str(e.value)
-    assert "the file holds resnet18 (torchvision layout) with a 1000-class head: create_model('resnet18', num_classes)" in message
+    assert ("the file holds resnet18 (torchvision layout) with a 1000-class head: "
+            "create_model('resnet18', num_classes)") in message
     assert "stage_sizes=(3, 4, 6, 3) (the file's network: (2, 2, 2, 2))" in message
     assert "missing from the file (" in message and "layer1.2.conv1.weight" in message
     assert "unexpected" not in message
@@ -241,7 +253,8 @@ def test_file_options_the_keys_cannot_show_are_checked(resnet18_state):
 
 def test_head_class_count_mismatch_says_keep_head_false(resnet18_state):
     _, state = resnet18_state
-    with pytest.raises(PretrainedWeightsError, match="the file's head has 1000 classes, the model 10: pass keep_head=False"):
+    with pytest.raises(PretrainedWeightsError,
+                       match="the file's head has 1000 classes, the model 10: pass keep_head=False"):
         from_tensors(state, "torchvision", create_model("resnet18", 10), keep_head=True)
 
 
@@ -277,7 +290,8 @@ def test_grouped_convs_are_refused(resnet18_state):
 def test_wrong_or_unknown_format(tmp_path):
     (tmp_path / "w.pth").write_bytes(b"")
     model = create_model("resnet18", 10)
-    with pytest.raises(PretrainedWeightsError, match=re.escape("w.pth is a PyTorch file, not keras: use fmt='torchvision' or 'timm'")):
+    with pytest.raises(PretrainedWeightsError,
+                       match=re.escape("w.pth is a PyTorch file, not keras: use fmt='torchvision' or 'timm'")):
         load_pretrained(tmp_path / "w.pth", "keras", model)
     with pytest.raises(PretrainedWeightsError, match="unknown weights format 'onnx'"):
         load_pretrained(tmp_path / "w.pth", "onnx", model)
@@ -341,7 +355,8 @@ def randomise_keras(model, seed: int = 0) -> None:
         weights = layer.get_weights()
         if layer.__class__.__name__ == "BatchNormalization":
             n = weights[0].shape
-            layer.set_weights([rng.uniform(0.5, 1.5, n), rng.normal(0, 0.5, n), rng.normal(0, 0.5, n), rng.uniform(0.5, 2.0, n)])
+            layer.set_weights([rng.uniform(0.5, 1.5, n), rng.normal(0, 0.5, n), rng.normal(0, 0.5, n),
+                               rng.uniform(0.5, 2.0, n)])
         elif len(weights) == 2:  # conv or dense with a bias
             layer.set_weights([weights[0], rng.normal(0, 0.1, weights[1].shape)])
 
@@ -359,7 +374,8 @@ def keras_pair(keras, build) -> tuple:
 
 
 def keras_logits(pair, sizes) -> dict:
-    return {(s, d): np.asarray(m(images(s).astype(d), training=False)) for s in sizes for m, d in zip(pair, ("float64", "float32"))}
+    return {(s, d): np.asarray(m(images(s).astype(d), training=False))
+            for s in sizes for m, d in zip(pair, ("float64", "float32"), strict=True)}
 
 
 @pytest.mark.parametrize("name", list(KERAS))
@@ -408,7 +424,7 @@ def test_keras_h5_layouts_model_file_and_weights_file_read_alike(keras, tmp_path
             names = [f"{layer.name}/{w.path.split('/')[-1]}:0" for w in layer.weights]
             group = f.create_group(layer.name)
             group.attrs["weight_names"] = [n.encode() for n in names]
-            for n, w in zip(names, layer.weights):
+            for n, w in zip(names, layer.weights, strict=True):
                 group[n] = w.numpy()
     for file in ("model.h5", "weights.h5"):
         tensors = pretrained.read_keras(tmp_path / file)

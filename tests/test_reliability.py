@@ -41,7 +41,8 @@ STEPS_PER_EPOCH = 32
 QUICK = {"data.val_size": 64, "model.widths": (4, 8, 16), "batch_size": 8, "num_steps": 40, "log_every_steps": 4,
          "best_metric": "val/top5"}
 # From epoch 2 on, a learning rate of 1e29: the parameters overflow and the loss is not finite.
-DIVERGE = {"schedule.name": "piecewise", "schedule.boundaries": (1.0,), "schedule.scales": (1e30,), "schedule.warmup": 0.0}
+DIVERGE = {"schedule.name": "piecewise", "schedule.boundaries": (1.0,), "schedule.scales": (1e30,),
+           "schedule.warmup": 0.0}
 
 
 def quick_config(idx_dir, changes: dict | None = None):
@@ -56,8 +57,8 @@ def quick_cli(idx_dir, workdir, changes: dict | None = None) -> list[str]:
     """The `python -m resnet_jax.train` command line of quick_config(idx_dir, changes)."""
     text = lambda v: "(" + ",".join(map(str, v)) + ",)" if isinstance(v, tuple) else str(v)  # noqa: E731
     overrides = {"data.path": str(idx_dir), **QUICK, **(changes or {})}
-    return [sys.executable, "-m", "resnet_jax.train", "--config", "experiments/quickstart.py", "--workdir", str(workdir),
-            *(f"--config.{k}={text(v)}" for k, v in overrides.items())]
+    return [sys.executable, "-m", "resnet_jax.train", "--config", "experiments/quickstart.py",
+            "--workdir", str(workdir), *(f"--config.{k}={text(v)}" for k, v in overrides.items())]
 
 
 def start(command: list[str]) -> subprocess.Popen:
@@ -331,7 +332,8 @@ def test_latest_and_best_are_kept_by_one_policy(tmp_path):
 
 
 def test_evaluate_latest_reports_the_latest_checkpoints_epoch_and_best_the_best_ones(reference):
-    latest, best = evaluate_run(reference.workdir, "latest", ("val",)), evaluate_run(reference.workdir, "best", ("val",))
+    latest = evaluate_run(reference.workdir, "latest", ("val",))
+    best = evaluate_run(reference.workdir, "best", ("val",))
     assert (latest["step"], latest["epoch"]) == (40, 40 / STEPS_PER_EPOCH)
     assert (best["step"], best["epoch"]) == (32, 1.0)
 

@@ -1,4 +1,5 @@
-"""Training: the pure step learns, BN is synchronised across devices, schedules match the recipes, runs resume exactly."""
+"""Training: the pure step learns, BN is synchronised across devices, schedules match the recipes, runs resume
+exactly."""
 
 import json
 import math
@@ -71,7 +72,8 @@ assert jax.device_count() == 8, jax.devices()
 model = create_model("resnet8", 10, widths=(4, 8, 16))
 tx = optax.sgd(0.1, momentum=0.9)
 rng = np.random.default_rng(0)
-batch = {"image": rng.normal(size=(32, 16, 16, 3)).astype(np.float32), "label": rng.integers(0, 10, 32).astype(np.int32)}
+batch = {"image": rng.normal(size=(32, 16, 16, 3)).astype(np.float32),
+         "label": rng.integers(0, 10, 32).astype(np.int32)}
 
 def run(devices, batch):
     mesh = Mesh(np.array(devices), ("data",))
@@ -178,7 +180,8 @@ def test_config_mismatches_fail_before_compiling(learnable_idx_dir):
         setup(tiny_config(learnable_idx_dir, model=dict(TINY, num_classes=5)))
     c = tiny_config(learnable_idx_dir, best_metric="val/accuracy")
     c.data.val_size = 0
-    with pytest.raises(ValueError, match="best_metric='val/accuracy' is not a metric of this run: choose one of test/loss"):
+    with pytest.raises(ValueError,
+                       match="best_metric='val/accuracy' is not a metric of this run: choose one of test/loss"):
         setup(c)
     with pytest.raises(ValueError, match="plateau.monitor='val/acc': choose one of val/loss"):
         setup(tiny_config(learnable_idx_dir, plateau=dict(default_config().plateau, enabled=True, monitor="val/acc")))
@@ -256,12 +259,14 @@ def test_interrupted_mid_epoch_and_resumed_run_equals_an_uninterrupted_one(tmp_p
     assert full["test/accuracy"] > 0.9
     for name in ("curves.png", "config.json", "checkpoints", "tensorboard"):
         assert (tmp_path / "full" / name).exists(), name
-    assert sorted(int(p.name) for p in (tmp_path / "full" / "checkpoints").iterdir()) == [5, 10, 12]  # the 3 latest, the best among them
+    # the 3 latest, the best among them
+    assert sorted(int(p.name) for p in (tmp_path / "full" / "checkpoints").iterdir()) == [5, 10, 12]
 
 
 def run_cli(*args, timeout=600):
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    return subprocess.run([sys.executable, "-m", *args], env=env, capture_output=True, text=True, cwd=ROOT, timeout=timeout)
+    return subprocess.run([sys.executable, "-m", *args], env=env, capture_output=True, text=True, cwd=ROOT,
+                          timeout=timeout)
 
 
 def test_cli_trains_writes_records_and_evaluates(tmp_path, learnable_idx_dir):

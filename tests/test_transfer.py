@@ -55,7 +55,8 @@ def test_frozen_stages_and_their_bn_statistics_stay_bit_identical_while_the_rest
         frozen_after, rest_after = split(getattr(state, collection), FROZEN_2)
         chex.assert_trees_all_equal(frozen_after, frozen_before)  # bit-identical: no update, no decay, running BN
         for layer in rest_before:  # every other layer moved (its BN statistics too)
-            assert not np.array_equal(jax.tree.leaves(rest_after[layer])[0], jax.tree.leaves(rest_before[layer])[0]), layer
+            assert not np.array_equal(jax.tree.leaves(rest_after[layer])[0],
+                                      jax.tree.leaves(rest_before[layer])[0]), layer
     assert float(metrics["loss"]) < 0.5 * float(first["loss"])
     # The optimizer holds momentum for the trainable parameters only (besides the schedules' step counters).
     trainable = count_params(split(start.params, FROZEN_2)[1])
@@ -85,7 +86,7 @@ def test_frozen_parameters_get_no_weight_decay_and_the_backbone_rate_scales():
     for layer in moves[1.0]:
         a, b = jax.tree.leaves(moves[1.0][layer]), jax.tree.leaves(moves[0.1][layer])
         expected = 0.0 if layer.startswith("stem") else 1.0 if layer == "head" else 0.1
-        for u1, u01 in zip(a, b):
+        for u1, u01 in zip(a, b, strict=True):
             np.testing.assert_allclose(u01, expected * u1, rtol=1e-5, atol=1e-12, err_msg=layer)
         assert layer.startswith("stem") or np.any(a[0])
 
@@ -104,7 +105,10 @@ def test_seed_heads_are_model_options_and_the_default_head_is_unchanged():
     x = jax.random.normal(jax.random.key(1), (4, 16, 16, 3))
     variables = model.init(jax.random.key(0), x, train=False)
     assert set(variables) == {"params", "batch_stats"}
-    run = lambda key: model.apply(variables, x, train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.key(key)})[0]
+
+    def run(key):
+        return model.apply(variables, x, train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.key(key)})[0]
+
     assert not np.allclose(run(0), run(1))  # dropout acts in training...
     # ...and not in evaluation
     chex.assert_trees_all_equal(model.apply(variables, x, train=False), model.apply(variables, x, train=False))
@@ -154,10 +158,13 @@ def test_cached_features_train_the_same_head_as_the_full_forward(tmp_path, learn
     assert records[False]["test/accuracy"] > 0.9  # the new head learned the swapped labels on the frozen features
     # The backbone is the source run's best checkpoint, bit for bit, parameters and BN statistics.
     source = saved_variables(source_run, "best", 10)  # the fixture's data names 10 classes
+
+    def backbone(v, collection):
+        return split(v[collection], ("head", "head_hidden1"))[1]
+
     for variables in states.values():
         for collection in ("params", "batch_stats"):
-            backbone = lambda v: split(v[collection], ("head", "head_hidden1"))[1]
-            chex.assert_trees_all_equal(backbone(variables), backbone(source))
+            chex.assert_trees_all_equal(backbone(variables, collection), backbone(source, collection))
 
 
 def test_transfer_errors_say_what_to_fix(tmp_path, learnable_idx_dir, source_run):
@@ -168,14 +175,16 @@ def test_transfer_errors_say_what_to_fix(tmp_path, learnable_idx_dir, source_run
         assert not workdir.exists()  # refused before anything was written
 
     fails(FileNotFoundError, r"torchvision weights file '.*resnet50-missing.pth' is not there\. Download it from "
-          r"https://example.org/w.pth", **{"init_from.format": "torchvision", "init_from.path": str(tmp_path / "resnet50-missing.pth"),
-                                           "init_from.url": "https://example.org/w.pth"})
+          r"https://example.org/w.pth",
+          **{"init_from.format": "torchvision", "init_from.path": str(tmp_path / "resnet50-missing.pth"),
+             "init_from.url": "https://example.org/w.pth"})
     fails(FileNotFoundError, "is not a resnet-jax run directory", **{"init_from.path": str(tmp_path)})
     fails(ValueError, "unknown init_from.format 'onnx'", **{"init_from.format": "onnx"})
     fails(ValueError, r"keep_head=True, but the head of .* has shape \(16, 10\) and this model's \(8, 1\)",
           **{"init_from.keep_head": True, "data.classes": (0,)})
     fails(ValueError, "freeze_stages=5, but this 3-stage network has 4 stages", **{"transfer.freeze_stages": 5})
-    fails(ValueError, "cache_features needs no augmentation", **{"transfer.cache_features": True, "data.augment": ("flip",)})
+    fails(ValueError, "cache_features needs no augmentation",
+          **{"transfer.cache_features": True, "data.augment": ("flip",)})
     fails(ValueError, r"cache_features needs the whole backbone frozen \(transfer.freeze_stages=-1; it freezes 2 of 4",
           **{"transfer.cache_features": True, "transfer.freeze_stages": 2})
 
@@ -200,7 +209,7 @@ def test_class_and_per_class_subsets(tmp_path, write_idx):
 
     full = load()
     assert full.class_names == ["3", "1"] and full.num_classes == 2
-    for split_name, (images, labels) in full.splits.items():
+    for images, labels in full.splits.values():
         np.testing.assert_array_equal(images[:, 0, 0, 0], np.array([3, 1])[labels])  # kept and relabelled 0..k-1
     assert [len(y) for y in (full.splits["train"][1], full.splits["val"][1], full.splits["test"][1])] == [16, 4, 4]
     few = load(train_per_class=3, subset_seed=0)
