@@ -104,8 +104,8 @@ def plot(results: list[dict[str, Any]], path: Path, share_path: Path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     titles = ("average channel squared mean", "average channel variance", "residual branch variance")
     for ax, key, title in zip(axes, STATS, titles, strict=True):
-        for r in results:
-            ax.plot(np.arange(len(r["blocks"])), r[key], marker=".", label=r["label"])
+        for i, r in enumerate(results):
+            ax.plot(np.arange(len(r["blocks"])), r[key], marker=".", color=f"C{i}", label=r["label"])
         ax.set(title=title, xlabel="block (0 = input of block 1)", yscale="log")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
@@ -116,9 +116,9 @@ def plot(results: list[dict[str, Any]], path: Path, share_path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4.5))
     depth = max(len(r["blocks"]) for r in results)
-    for r in results:
+    for i, r in enumerate(results):  # the same colour as in the first figure
         if np.isfinite(r["branch_share"]).any():
-            ax.plot(np.arange(len(r["blocks"])), r["branch_share"], marker=".", label=r["label"])
+            ax.plot(np.arange(len(r["blocks"])), r["branch_share"], marker=".", color=f"C{i}", label=r["label"])
     blocks = np.arange(1, depth)
     ax.plot(blocks, 1 / (blocks + 1), "k--", label="1/(l+1)")
     ax.set(xlabel="block l", ylabel="var(branch) / var(block output)", yscale="log",
