@@ -86,3 +86,12 @@ def test_cli_writes_records_and_figures(tmp_path):
     assert [n["label"] for n in record["nets"]] == ["resnet8 (init)", "plain8 (init)"]
     assert len(record["nets"][0]["var"]) == 4
     assert (tmp_path / "signal.png").stat().st_size and (tmp_path / "branch_share.png").stat().st_size
+
+
+def test_cli_names_the_instruments(capsys):
+    from resnet_jax.lab.__main__ import INSTRUMENTS, main
+
+    main([])
+    assert all(name in capsys.readouterr().out for name in INSTRUMENTS)
+    with pytest.raises(SystemExit, match="unknown instrument 'nope'"):
+        main(["nope"])
