@@ -92,6 +92,7 @@ def test_cli_names_the_instruments(capsys):
     from resnet_jax.lab.__main__ import INSTRUMENTS, main
 
     main([])
-    assert all(name in capsys.readouterr().out for name in INSTRUMENTS)
+    usage = capsys.readouterr().out
+    assert all(name in usage for name in INSTRUMENTS)
     with pytest.raises(SystemExit, match="unknown instrument 'nope'"):
         main(["nope"])
