@@ -79,13 +79,15 @@ def _rms_per_group(intermediates: Mapping[str, Any]) -> dict[str, jax.Array]:
 
 def _forward(model: nn.Module, variables: Params, params: Params, x: jax.Array) -> tuple[jax.Array, dict]:
     """Train-mode forward pass (BN on batch statistics, as the training step sees it); returns logits
-    and the captured outputs of the top-level layers. The updated batch_stats are discarded."""
+    and the captured outputs of the top-level layers. The updated batch_stats are discarded. Dropout and stochastic
+    depth draw from a fixed key: one draw, the same at every diagnosed step."""
     logits, state = model.apply(
         {**variables, "params": params},
         x,
         train=True,
         mutable=["batch_stats", "intermediates"],
         capture_intermediates=_is_top_level,
+        rngs={"dropout": jax.random.key(0)},
     )
     return logits, state["intermediates"]
 

@@ -65,7 +65,8 @@ def identity_shortcut(block: nn.Module, x: jnp.ndarray, out: int) -> jnp.ndarray
 
 class Block(nn.Module):
     """What every block is given: its width, conv/norm/activation factories, stride, shortcut option and residual
-    switch. A registered subclass also gets those of ResNet's per-block options it declares as fields."""
+    switch, and whether it is lesioned (ResNet.lesion). A registered subclass also gets those of ResNet's per-block
+    options it declares as fields. A block that computes its output with `residual_join` supports the lab's hooks."""
 
     filters: int
     conv: ModuleDef
@@ -74,6 +75,57 @@ class Block(nn.Module):
     strides: int = 1
     shortcut: str = "B"
     residual: bool = True
+    lesioned: bool = False  # test-time deletion: the block returns its shortcut alone (residual_join)
+    survival: float = 1.0  # stochastic depth: the branch's survival probability in training, its scale in evaluation
+    stochastic_depth_mode: str = "batch"  # the branch is dropped for the whole batch ('batch') or per 'example'
+    train: bool | None = None  # set by ResNet from its call's train; stochastic depth refuses to guess it
+
+    norms = ("batch", "none")  # the ResNet.norm values the block works with; the first is its default
+    branch_gain = False  # True: the branch is multiplied by a learnable scalar that starts at 0 (SkipInit, ReZero)
+    zero_init_head = False  # True: the classifier's kernel starts at zero (Fixup)
+
+
+def scalar(block: nn.Module, name: str, init: Callable, like: jnp.ndarray) -> jnp.ndarray:
+    """A learnable scalar parameter of `block` (float32), in `like`'s dtype so that it keeps the compute dtype."""
+    return block.param(name, init, (), jnp.float32).astype(like.dtype)
+
+
+def residual_join(block: Block, x: jnp.ndarray, branch: jnp.ndarray,
+                  shortcut: Callable[[], jnp.ndarray]) -> jnp.ndarray:
+    """branch + shortcut() (the residual branch alone in a plain net), before any post-activation; the one place
+    where every built-in block joins its two paths, so that the lab's hooks hold for all of them.
+
+    The branch is multiplied by the block's gain (`branch_gain`: a learnable scalar `branch_gain`, initially 0), then
+    by stochastic depth's keep mask in training (drawn from the 'dropout' rng: one draw for the batch or one per
+    example) or by its survival probability in evaluation, and sown as intermediates/branch (taken with
+    mutable=['intermediates']): output = shortcut + sown branch. A lesioned block returns its shortcut alone (the
+    branch's parameters stay, unused); a lesioned plain block its parameter-free shortcut: the identity, or option
+    A's zero padding where the shape changes. `shortcut` is called only in residual nets, so that a plain net has no
+    shortcut parameters.
+    """
+    if block.branch_gain:
+        branch = branch * scalar(block, "branch_gain", nn.initializers.zeros, branch)
+    if block.survival < 1 and not block.lesioned:
+        if block.train is None:
+            raise ValueError(f"{type(block).__name__}: stochastic depth needs the block's train field set "
+                             "(ResNet sets it from its call's train)")
+        if block.train:
+            shape = (1,) * branch.ndim if block.stochastic_depth_mode == "batch" else (branch.shape[0],) + (1,) * (
+                branch.ndim - 1)
+            keep = jax.random.bernoulli(block.make_rng("dropout"), block.survival, shape)
+            branch = jnp.where(keep, branch, jnp.zeros_like(branch))
+        else:
+            branch = branch * jnp.asarray(block.survival, branch.dtype)
+    if not block.is_initializing():  # init returns {'params', 'batch_stats'} only
+        block.sow("intermediates", "branch", branch)
+    if block.residual:
+        path = shortcut()
+        return path if block.lesioned else branch + path
+    if block.lesioned:
+        out = branch.shape[-1]
+        same = block.strides == 1 and x.shape[-1] == out
+        return x if same else zero_pad_shortcut(x, out, block.strides)
+    return branch
 
 
 class PostActBlock(Block):
@@ -91,9 +143,7 @@ class BasicBlock(PostActBlock):
         y = self.act(self.norm()(self.conv(self.filters, (3, 3), self.strides)(x)))
         y = self.conv(self.filters, (3, 3))(y)
         y = self.norm(scale_init=nn.initializers.zeros if self.zero_init_last else nn.initializers.ones)(y)
-        if self.residual:
-            y = y + post_activation_shortcut(self, x, self.filters)
-        return self.act(y)
+        return self.act(residual_join(self, x, y, lambda: post_activation_shortcut(self, x, self.filters)))
 
 
 class BottleneckBlock(PostActBlock):
@@ -112,9 +162,8 @@ class BottleneckBlock(PostActBlock):
         y = self.act(self.norm()(self.conv(inner, (3, 3), s3)(y)))
         y = self.conv(self.filters * self.expansion, (1, 1))(y)
         y = self.norm(scale_init=nn.initializers.zeros if self.zero_init_last else nn.initializers.ones)(y)
-        if self.residual:
-            y = y + post_activation_shortcut(self, x, self.filters * self.expansion)
-        return self.act(y)
+        out = self.filters * self.expansion
+        return self.act(residual_join(self, x, y, lambda: post_activation_shortcut(self, x, out)))
 
 
 def post_activation_shortcut(block: PostActBlock, x: jnp.ndarray, out: int) -> jnp.ndarray:
@@ -146,7 +195,7 @@ class PreActBasicBlock(PreActBlock):
         pre = pre_activation(self, x)
         y = self.conv(self.filters, (3, 3), self.strides)(pre)
         y = self.conv(self.filters, (3, 3), normalized=False)(self.act(self.norm()(y)))
-        return y + pre_activation_shortcut(self, x, pre, self.filters) if self.residual else y
+        return residual_join(self, x, y, lambda: pre_activation_shortcut(self, x, pre, self.filters))
 
 
 class PreActBottleneckBlock(PreActBlock):
@@ -164,7 +213,8 @@ class PreActBottleneckBlock(PreActBlock):
         y = self.conv(inner, (1, 1), s1)(pre)
         y = self.conv(inner, (3, 3), s3)(self.act(self.norm()(y)))
         y = self.conv(self.filters * self.expansion, (1, 1), normalized=False)(self.act(self.norm()(y)))
-        return y + pre_activation_shortcut(self, x, pre, self.filters * self.expansion) if self.residual else y
+        out = self.filters * self.expansion
+        return residual_join(self, x, y, lambda: pre_activation_shortcut(self, x, pre, out))
 
 
 def pre_activation_shortcut(block: PreActBlock, x: jnp.ndarray, pre: jnp.ndarray, out: int) -> jnp.ndarray:
@@ -174,6 +224,109 @@ def pre_activation_shortcut(block: PreActBlock, x: jnp.ndarray, pre: jnp.ndarray
         source = pre if block.projection_from == "preact" else x
         return block.conv(out, (1, 1), block.strides, normalized=False, name="shortcut_conv")(source)
     return identity_shortcut(block, x, out)
+
+
+class SkipInitBasicBlock(BasicBlock):
+    """SkipInit (De & Smith 2020): the basic block with a learnable scalar, initially 0, at the end of its branch;
+    without normalisation by default (norm='none'), with BatchNorm as their ablation (norm='batch')."""
+
+    norms = ("none", "batch")
+    branch_gain = True
+
+
+class SkipInitBottleneckBlock(BottleneckBlock):
+    """SkipInit's bottleneck: the branch times a learnable scalar that starts at 0."""
+
+    norms = ("none", "batch")
+    branch_gain = True
+
+
+class SkipInitPreActBasicBlock(PreActBasicBlock):
+    """SkipInit's pre-activation basic block (their Wide-ResNets are pre-activation): x + alpha * branch."""
+
+    norms = ("none", "batch")
+    branch_gain = True
+
+
+class SkipInitPreActBottleneckBlock(PreActBottleneckBlock):
+    """SkipInit's pre-activation bottleneck: x + alpha * branch."""
+
+    norms = ("none", "batch")
+    branch_gain = True
+
+
+def unnormalized_shortcut(block: Block, x: jnp.ndarray, out: int) -> jnp.ndarray:
+    """The shortcut of a block without normalisation: a bare 1x1 conv projection, or a parameter-free shortcut."""
+    if needs_projection(x, out, block.strides, block.shortcut):
+        return block.conv(out, (1, 1), block.strides, normalized=False, name="shortcut_conv")(x)
+    return identity_shortcut(block, x, out)
+
+
+class ReZeroBlock(Block):
+    """ReZero (Bachlechner et al. 2020): x + alpha * conv(act(conv(x))), alpha a learnable scalar starting at 0, no
+    normalisation and no activation on the residual stream (x_{i+1} = x_i + alpha_i F(x_i)); the same in v1 and v2."""
+
+    norms = ("none",)
+    branch_gain = True
+
+    @nn.compact
+    def __call__(self, x):
+        y = self.act(self.conv(self.filters, (3, 3), self.strides, normalized=False)(x))
+        y = self.conv(self.filters, (3, 3), normalized=False)(y)
+        return residual_join(self, x, y, lambda: unnormalized_shortcut(self, x, self.filters))
+
+
+class FixupBlock(Block):
+    """Fixup (Zhang, Dauphin & Ma 2019, section 3): no normalisation; a scalar bias (initially 0) before each conv and
+    each activation, a scalar multiplier (initially 1) after the branch's last conv, which starts at zero; the branch's
+    other convs start as He et al.'s (fan_out) scaled by L^(-1/(2m-2)), L residual branches of m layers; the classifier
+    starts at zero (ResNet does it). The shortcut reads the biased input, as in the paper's code."""
+
+    num_blocks: int = 1  # L, set by ResNet
+    norms = ("none",)
+    zero_init_head = True
+    layers = 2  # m
+
+    def scaled_init(self) -> Callable:
+        return nn.initializers.variance_scaling(2.0 * self.num_blocks ** (-1.0 / (self.layers - 1)), "fan_out",
+                                                "normal")
+
+    def branch(self, x: jnp.ndarray, convs: Sequence[tuple[int, tuple[int, int], int]]) -> tuple[jnp.ndarray, ...]:
+        """(branch output, x + its first bias): bias, conv, bias, act, ... for all but the last conv; then bias, the
+        last conv (zero), multiplier, bias."""
+        biased = x + scalar(self, "bias1a", nn.initializers.zeros, x)
+        x = biased
+        for i, (features, kernel, strides) in enumerate(convs):
+            last = i == len(convs) - 1
+            if i:
+                x = x + scalar(self, f"bias{i + 1}a", nn.initializers.zeros, x)
+            init = nn.initializers.zeros if last else self.scaled_init()
+            x = self.conv(features, kernel, strides, bias="none", kernel_init=init)(x)
+            if not last:
+                x = self.act(x + scalar(self, f"bias{i + 1}b", nn.initializers.zeros, x))
+        x = x * scalar(self, "scale", nn.initializers.ones, x)
+        return x + scalar(self, f"bias{len(convs)}b", nn.initializers.zeros, x), biased
+
+    @nn.compact
+    def __call__(self, x):
+        y, x_in = self.branch(x, [(self.filters, (3, 3), self.strides), (self.filters, (3, 3), 1)])
+        return self.act(residual_join(self, x, y, lambda: unnormalized_shortcut(self, x_in, self.filters)))
+
+
+class FixupBottleneckBlock(FixupBlock):
+    """Fixup's bottleneck (m = 3: 1x1, 3x3, 1x1 x4; the stride on the 3x3 unless stride_on_3x3=False)."""
+
+    stride_on_3x3: bool = True
+    inner: int = 0
+    expansion = 4
+    layers = 3
+
+    @nn.compact
+    def __call__(self, x):
+        s1, s3 = (1, self.strides) if self.stride_on_3x3 else (self.strides, 1)
+        inner, out = self.inner or self.filters, self.filters * self.expansion
+        y, x_in = self.branch(x, [(inner, (1, 1), s1), (inner, (3, 3), s3), (out, (1, 1), 1)])
+        return self.act(residual_join(self, x, y, lambda: unnormalized_shortcut(self, x_in, out)))
 
 
 class BlockClasses(NamedTuple):
@@ -211,6 +364,11 @@ def block_class(name: str, version: str) -> type[Block]:
 
 register_block("basic", post=BasicBlock, pre=PreActBasicBlock)
 register_block("bottleneck", post=BottleneckBlock, pre=PreActBottleneckBlock)
+register_block("skipinit_basic", post=SkipInitBasicBlock, pre=SkipInitPreActBasicBlock)
+register_block("skipinit_bottleneck", post=SkipInitBottleneckBlock, pre=SkipInitPreActBottleneckBlock)
+register_block("rezero_basic", post=ReZeroBlock, pre=ReZeroBlock)
+register_block("fixup_basic", post=FixupBlock)
+register_block("fixup_bottleneck", post=FixupBottleneckBlock)
 
 
 def conv2d(
@@ -280,8 +438,9 @@ def is_head(layer: str) -> bool:
 
 def head_of(model: "ResNet") -> Head:
     """The Head module of `model`: applied to the sown features with the model's params, it gives its logits."""
+    zero = block_class(model.block, model.version).zero_init_head
     return Head(model.num_classes, tuple(model.head_hidden), model.head_dropout, model.act, model.dtype,
-                model.param_dtype, model.head_init)
+                model.param_dtype, nn.initializers.zeros if zero else model.head_init)
 
 
 BLOCK_LAYER = re.compile(r"stage(\d+)_block(\d+)")
@@ -359,6 +518,8 @@ class ResNet(nn.Module):
     gives lax's numbers, faster on XLA:CPU: resnet_jax.xla_cpu). Head: head_pooling 'avg' (global average) or
     'flatten' (the seeds' Flatten), then `Head`. frozen_bn_stages: the first K stages (stem = stage 0; -1 = all,
     final_norm included) run BatchNorm on their running statistics and leave them unchanged, also when train=True.
+    lesion: block names (stage<i>_block<j>) deleted at test time, each returning its shortcut alone (`residual_join`):
+    `model.clone(lesion=("stage2_block3",))`; not a config key (a test-time knob, resnet_jax.config.UNFORWARDED).
     """
 
     stage_sizes: Sequence[int]
@@ -383,13 +544,28 @@ class ResNet(nn.Module):
     frozen_bn_stages: int = 0
     conv: ModuleDef = xla_cpu.Conv
     layout: Layout = Layout()
+    norm: str = ""  # 'batch' | 'none'; '' = the block's own (its first of Block.norms)
+    stochastic_depth: float = 0.0  # 1 - the last block's survival probability p_L (Huang et al. 2016)
+    stochastic_depth_mode: str = "batch"  # 'batch' (the paper) | 'example'
+    lesion: Sequence[str] = ()  # test-time: these blocks return their shortcut alone (residual_join)
 
     def __post_init__(self):
+        object.__setattr__(self, "lesion", tuple(self.lesion))
+        unknown = [name for name in self.lesion if name not in self.block_names()]
+        if unknown:
+            raise ValueError(f"lesion {unknown} names no block of this network; its blocks: "
+                             f"{', '.join(self.block_names())}")
         check_choice("version", self.version, ("v1", "v1.5", "v2"))
         block = block_class(self.block, self.version)
         check_choice("stem", self.stem, ("cifar", "imagenet"))
         check_choice("shortcut", self.shortcut, ("A", "B", "C", "B-channels"))
         check_choice("head_pooling", self.head_pooling, ("avg", "flatten"))
+        if self.norm:
+            check_choice(f"norm for block {self.block!r}", self.norm, block.norms)
+        if not 0 <= self.stochastic_depth < 1:
+            raise ValueError(f"stochastic_depth is 1 - the last block's survival probability, in [0, 1); "
+                             f"got {self.stochastic_depth}")
+        check_choice("stochastic_depth_mode", self.stochastic_depth_mode, ("batch", "example"))
         if len(self.widths) != len(self.stage_sizes):
             raise ValueError(f"widths {tuple(self.widths)} and stage_sizes {tuple(self.stage_sizes)} differ in length")
         options = block.__dataclass_fields__
@@ -399,6 +575,9 @@ class ResNet(nn.Module):
                 f"inner_widths {inner} needs bottleneck blocks (a block with an `inner` field) and one width per stage "
                 f"({len(self.stage_sizes)}); got block={self.block!r}"
             )
+        if self.zero_init_residual and self.norm_kind() == "none":
+            raise ValueError("zero_init_residual zeroes the last BN's scale of each block: with norm='none' there is "
+                             "none (SkipInit and ReZero start their branches at zero anyway)")
         if self.zero_init_residual and "zero_init_last" not in options:
             raise ValueError(f"zero_init_residual needs a BN at the end of each block ({block.__name__} has none): "
                              "use version 'v1' or 'v1.5'")
@@ -413,6 +592,19 @@ class ResNet(nn.Module):
             raise ValueError(f"frozen_bn_stages={self.frozen_bn_stages}: this network has {stages} stages "
                              f"(stem = stage 0); use 0..{stages}, or -1 for all")
         super().__post_init__()
+
+    def norm_kind(self) -> str:
+        """'batch' or 'none': the norm field, or the block's own when it is ''."""
+        return self.norm or block_class(self.block, self.version).norms[0]
+
+    def survivals(self) -> list[float]:
+        """Stochastic depth's survival probability of each block in forward order: p_l = 1 - l/L (1 - p_L)."""
+        blocks = sum(self.stage_sizes)
+        return [1.0 - k / blocks * self.stochastic_depth for k in range(1, blocks + 1)]
+
+    def block_names(self) -> list[str]:
+        """The blocks' layer names in forward order: stage<i>_block<j>, both from 1."""
+        return [f"stage{i + 1}_block{j + 1}" for i, n in enumerate(self.stage_sizes) for j in range(n)]
 
     def block_strides(self, stage: int, index: int) -> int:
         """2 for the one block of a stage that downsamples, else 1."""
@@ -430,6 +622,7 @@ class ResNet(nn.Module):
             projection_norm=layout.projection_norm,
             projection_from=layout.projection_from,
             preactivated=layout.preact_stem_norm and stage == index == 0,
+            num_blocks=sum(self.stage_sizes),
         )
         fields = block_class(self.block, self.version).__dataclass_fields__
         return {k: v for k, v in options.items() if k in fields}
@@ -437,12 +630,16 @@ class ResNet(nn.Module):
     @nn.compact
     def __call__(self, x, *, train: bool):
         layout = self.layout
-        conv = partial(conv2d, padding=layout.padding, bias=layout.conv_bias, kernel_init=self.kernel_init,
+        normalized = self.norm_kind() == "batch"  # 'none': every norm is the identity, every conv gets a bias
+        conv = partial(conv2d, padding=layout.padding, bias=layout.conv_bias if normalized else "all",
+                       kernel_init=self.kernel_init,
                        module=self.conv, dtype=self.dtype, param_dtype=self.param_dtype)
         last_stage = len(self.stage_sizes)
         frozen = last_stage + 1 if self.frozen_bn_stages == -1 else self.frozen_bn_stages
 
         def norm_of(stage: int):
+            if not normalized:
+                return lambda **_: lambda y: y
             # Statistics are reduced in float32 whatever the compute dtype (Flax's default).
             return partial(nn.BatchNorm, use_running_average=not train or stage < frozen, momentum=self.bn_momentum,
                            epsilon=self.bn_epsilon, dtype=self.dtype, param_dtype=self.param_dtype)
@@ -458,11 +655,14 @@ class ResNet(nn.Module):
             x = stem_max_pool(x, layout.padding, layout.pool_padding)
 
         block = block_class(self.block, self.version)
+        survivals = iter(self.survivals())
         for i, (n_blocks, filters) in enumerate(zip(self.stage_sizes, self.widths, strict=True)):
             for j in range(n_blocks):
+                name = f"stage{i + 1}_block{j + 1}"
                 x = block(filters, conv=conv, norm=norm_of(i + 1), act=self.act, strides=self.block_strides(i, j),
-                          shortcut=self.shortcut, residual=self.residual, name=f"stage{i + 1}_block{j + 1}",
-                          **self.block_options(i, j))(x)
+                          shortcut=self.shortcut, residual=self.residual, lesioned=name in self.lesion,
+                          survival=next(survivals), stochastic_depth_mode=self.stochastic_depth_mode, train=train,
+                          name=name, **self.block_options(i, j))(x)
         if preact:
             x = self.act(norm_of(last_stage)(name="final_norm")(x))
         x = jnp.mean(x, axis=(1, 2)) if self.head_pooling == "avg" else x.reshape(x.shape[0], -1)

@@ -35,12 +35,14 @@ class TrainState(struct.PyTreeNode):
 
 
 def create_train_state(variables: dict, tx: optax.GradientTransformation, loss_scale: Any = None) -> TrainState:
-    """A step-0 TrainState around model variables ({'params', 'batch_stats'} from `model.init(..., train=False)`).
+    """A step-0 TrainState around model variables ({'params', 'batch_stats'} from `model.init(..., train=False)`;
+    a net without BatchNorm (norm='none') has no batch_stats: they are {}).
 
     loss_scale: resnet_jax.loss_scale.for_dtype(model.dtype), required for float16 compute.
     """
     params = variables["params"]
-    return TrainState(jnp.zeros((), jnp.int32), params, variables["batch_stats"], tx.init(params), loss_scale)
+    return TrainState(jnp.zeros((), jnp.int32), params, variables.get("batch_stats", {}), tx.init(params),
+                      loss_scale)
 
 
 def init_state(model: nn.Module, tx: optax.GradientTransformation, image_shape: tuple[int, ...], seed: int,
@@ -77,7 +79,7 @@ def train_step(state: TrainState, batch: dict, *, model: nn.Module, tx: optax.Gr
         variables = {"params": params, "batch_stats": state.batch_stats}
         logits, updates = model.apply(variables, batch["image"], train=True, mutable=["batch_stats"],
                                       rngs={"dropout": dropout_key})
-        return cross_entropy(logits, batch["label"], label_smoothing).mean(), (logits, updates["batch_stats"])
+        return cross_entropy(logits, batch["label"], label_smoothing).mean(), (logits, updates.get("batch_stats", {}))
 
     loss_scale, no_overflow, (loss, (logits, batch_stats)), grads = loss_scaling.value_and_grad(
         loss_fn, state.loss_scale, state.params)

@@ -402,6 +402,9 @@ FORWARDED = {
     "layout.projection_norm": ("False", False, ()),
     "layout.projection_from": ("input", "input", ("version=v2",)),
     "layout.preact_stem_norm": ("True", True, ("version=v2",)),
+    "norm": ("none", "none", ()),
+    "stochastic_depth": ("0.2", 0.2, ()),
+    "stochastic_depth_mode": ("example", "example", ()),
 }
 
 
@@ -409,10 +412,10 @@ def test_every_model_field_set_on_the_command_line_reaches_the_model():
     sections = config_lib.model_config()
     forwarded = {k for k in config_lib.flat_keys(sections) if k not in ("name", "num_classes", "layout")}
     assert forwarded == set(FORWARDED)  # a new ResNet field is forwarded, and needs a line above
-    assert len(forwarded) == 28  # before every field was forwarded: 10
-    # model.num_classes is a key of its own; transfer.freeze_stages sets frozen_bn_stages.
+    assert len(forwarded) == 31  # before every field was forwarded: 10
+    # model.num_classes is a key of its own; transfer.freeze_stages sets frozen_bn_stages; lesion is a test-time knob.
     unforwarded = models.ResNet.__dataclass_fields__.keys() - {k.split(".")[0] for k in forwarded}
-    assert unforwarded == {"parent", "name", "num_classes", "frozen_bn_stages"}
+    assert unforwarded == {"parent", "name", "num_classes", "frozen_bn_stages", "lesion"}
     for key, (cli, expected, needs) in FORWARDED.items():
         config = parse_cli(f"--config.model.{key}={cli}", *(f"--config.model.{k}" for k in needs))
         model = config_lib.build_model(config.model, 10)
