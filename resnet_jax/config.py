@@ -70,9 +70,10 @@ INITIALIZERS = {
 }
 NAMED = {"act": ACTIVATIONS, "kernel_init": INITIALIZERS, "head_init": INITIALIZERS, "dtype": DTYPES,
          "param_dtype": DTYPES, "conv": {"xla_cpu": xla_cpu.Conv, "lax": nn.Conv}}
-# ResNet fields a model section does not hold: the module's own, num_classes (a key of its own: 0 = the dataset's)
-# and frozen_bn_stages (set from transfer.freeze_stages).
-UNFORWARDED = {"parent", "name", "num_classes", "frozen_bn_stages"}
+# ResNet fields a model section does not hold: the module's own, num_classes (a key of its own: 0 = the dataset's),
+# frozen_bn_stages (set from transfer.freeze_stages) and lesion (a test-time deletion of blocks the lab's instruments
+# set with model.clone(lesion=...): as a config key it would silently train, checkpoint and evaluate a different net).
+UNFORWARDED = {"parent", "name", "num_classes", "frozen_bn_stages", "lesion"}
 # What an old model section (10 fields, before every ResNet field was forwarded) wrote for "the zoo name's value".
 OLD_MODEL_DEFAULTS = {"shortcut": "", "version": "", "widths": (), "bn_momentum": 0.0, "bn_epsilon": 0.0,
                       "zero_init_residual": False, "dtype": "float32", "head_pooling": "avg", "head_hidden": (),

@@ -65,7 +65,8 @@ def identity_shortcut(block: nn.Module, x: jnp.ndarray, out: int) -> jnp.ndarray
 
 class Block(nn.Module):
     """What every block is given: its width, conv/norm/activation factories, stride, shortcut option and residual
-    switch. A registered subclass also gets those of ResNet's per-block options it declares as fields."""
+    switch, and whether it is lesioned (ResNet.lesion). A registered subclass also gets those of ResNet's per-block
+    options it declares as fields. A block that computes its output with `residual_join` supports the lab's hooks."""
 
     filters: int
     conv: ModuleDef
@@ -74,6 +75,29 @@ class Block(nn.Module):
     strides: int = 1
     shortcut: str = "B"
     residual: bool = True
+    lesioned: bool = False  # test-time deletion: the block returns its shortcut alone (residual_join)
+
+
+def residual_join(block: Block, x: jnp.ndarray, branch: jnp.ndarray,
+                  shortcut: Callable[[], jnp.ndarray]) -> jnp.ndarray:
+    """branch + shortcut() (the residual branch alone in a plain net), before any post-activation; the one place
+    where every built-in block joins its two paths, so that the lab's hooks hold for all of them.
+
+    Sows the branch as intermediates/branch (taken with mutable=['intermediates']). A lesioned block returns its
+    shortcut alone (the branch's parameters stay, unused); a lesioned plain block its parameter-free shortcut: the
+    identity, or option A's zero padding where the shape changes. `shortcut` is called only in residual nets, so
+    that a plain net has no shortcut parameters.
+    """
+    if not block.is_initializing():  # init returns {'params', 'batch_stats'} only
+        block.sow("intermediates", "branch", branch)
+    if block.residual:
+        path = shortcut()
+        return path if block.lesioned else branch + path
+    if block.lesioned:
+        out = branch.shape[-1]
+        same = block.strides == 1 and x.shape[-1] == out
+        return x if same else zero_pad_shortcut(x, out, block.strides)
+    return branch
 
 
 class PostActBlock(Block):
@@ -91,9 +115,7 @@ class BasicBlock(PostActBlock):
         y = self.act(self.norm()(self.conv(self.filters, (3, 3), self.strides)(x)))
         y = self.conv(self.filters, (3, 3))(y)
         y = self.norm(scale_init=nn.initializers.zeros if self.zero_init_last else nn.initializers.ones)(y)
-        if self.residual:
-            y = y + post_activation_shortcut(self, x, self.filters)
-        return self.act(y)
+        return self.act(residual_join(self, x, y, lambda: post_activation_shortcut(self, x, self.filters)))
 
 
 class BottleneckBlock(PostActBlock):
@@ -112,9 +134,8 @@ class BottleneckBlock(PostActBlock):
         y = self.act(self.norm()(self.conv(inner, (3, 3), s3)(y)))
         y = self.conv(self.filters * self.expansion, (1, 1))(y)
         y = self.norm(scale_init=nn.initializers.zeros if self.zero_init_last else nn.initializers.ones)(y)
-        if self.residual:
-            y = y + post_activation_shortcut(self, x, self.filters * self.expansion)
-        return self.act(y)
+        out = self.filters * self.expansion
+        return self.act(residual_join(self, x, y, lambda: post_activation_shortcut(self, x, out)))
 
 
 def post_activation_shortcut(block: PostActBlock, x: jnp.ndarray, out: int) -> jnp.ndarray:
@@ -146,7 +167,7 @@ class PreActBasicBlock(PreActBlock):
         pre = pre_activation(self, x)
         y = self.conv(self.filters, (3, 3), self.strides)(pre)
         y = self.conv(self.filters, (3, 3), normalized=False)(self.act(self.norm()(y)))
-        return y + pre_activation_shortcut(self, x, pre, self.filters) if self.residual else y
+        return residual_join(self, x, y, lambda: pre_activation_shortcut(self, x, pre, self.filters))
 
 
 class PreActBottleneckBlock(PreActBlock):
@@ -164,7 +185,8 @@ class PreActBottleneckBlock(PreActBlock):
         y = self.conv(inner, (1, 1), s1)(pre)
         y = self.conv(inner, (3, 3), s3)(self.act(self.norm()(y)))
         y = self.conv(self.filters * self.expansion, (1, 1), normalized=False)(self.act(self.norm()(y)))
-        return y + pre_activation_shortcut(self, x, pre, self.filters * self.expansion) if self.residual else y
+        out = self.filters * self.expansion
+        return residual_join(self, x, y, lambda: pre_activation_shortcut(self, x, pre, out))
 
 
 def pre_activation_shortcut(block: PreActBlock, x: jnp.ndarray, pre: jnp.ndarray, out: int) -> jnp.ndarray:
@@ -359,6 +381,8 @@ class ResNet(nn.Module):
     gives lax's numbers, faster on XLA:CPU: resnet_jax.xla_cpu). Head: head_pooling 'avg' (global average) or
     'flatten' (the seeds' Flatten), then `Head`. frozen_bn_stages: the first K stages (stem = stage 0; -1 = all,
     final_norm included) run BatchNorm on their running statistics and leave them unchanged, also when train=True.
+    lesion: block names (stage<i>_block<j>) deleted at test time, each returning its shortcut alone (`residual_join`):
+    `model.clone(lesion=("stage2_block3",))`; not a config key (a test-time knob, resnet_jax.config.UNFORWARDED).
     """
 
     stage_sizes: Sequence[int]
@@ -383,8 +407,14 @@ class ResNet(nn.Module):
     frozen_bn_stages: int = 0
     conv: ModuleDef = xla_cpu.Conv
     layout: Layout = Layout()
+    lesion: Sequence[str] = ()  # test-time: these blocks return their shortcut alone (residual_join)
 
     def __post_init__(self):
+        object.__setattr__(self, "lesion", tuple(self.lesion))
+        unknown = [name for name in self.lesion if name not in self.block_names()]
+        if unknown:
+            raise ValueError(f"lesion {unknown} names no block of this network; its blocks: "
+                             f"{', '.join(self.block_names())}")
         check_choice("version", self.version, ("v1", "v1.5", "v2"))
         block = block_class(self.block, self.version)
         check_choice("stem", self.stem, ("cifar", "imagenet"))
@@ -413,6 +443,10 @@ class ResNet(nn.Module):
             raise ValueError(f"frozen_bn_stages={self.frozen_bn_stages}: this network has {stages} stages "
                              f"(stem = stage 0); use 0..{stages}, or -1 for all")
         super().__post_init__()
+
+    def block_names(self) -> list[str]:
+        """The blocks' layer names in forward order: stage<i>_block<j>, both from 1."""
+        return [f"stage{i + 1}_block{j + 1}" for i, n in enumerate(self.stage_sizes) for j in range(n)]
 
     def block_strides(self, stage: int, index: int) -> int:
         """2 for the one block of a stage that downsamples, else 1."""
@@ -460,8 +494,9 @@ class ResNet(nn.Module):
         block = block_class(self.block, self.version)
         for i, (n_blocks, filters) in enumerate(zip(self.stage_sizes, self.widths, strict=True)):
             for j in range(n_blocks):
+                name = f"stage{i + 1}_block{j + 1}"
                 x = block(filters, conv=conv, norm=norm_of(i + 1), act=self.act, strides=self.block_strides(i, j),
-                          shortcut=self.shortcut, residual=self.residual, name=f"stage{i + 1}_block{j + 1}",
+                          shortcut=self.shortcut, residual=self.residual, lesioned=name in self.lesion, name=name,
                           **self.block_options(i, j))(x)
         if preact:
             x = self.act(norm_of(last_stage)(name="final_norm")(x))
