@@ -99,6 +99,18 @@ def landscape_fn(model: nn.Module, variables: dict, directions: Sequence[Any], i
     return evaluate
 
 
+def first_examples(pipeline: Any, split: str, n: int) -> dict[str, np.ndarray]:
+    """The first `n` examples of a run's `split` ({'image', 'label'}), preprocessed as the run evaluates them."""
+    images, labels = [], []
+    for batch in pipeline.eval_batches(split):
+        keep = np.asarray(batch["mask"]) > 0
+        images.append(np.asarray(batch["image"])[keep])
+        labels.append(np.asarray(batch["label"])[keep])
+        if sum(map(len, labels)) >= n:
+            break
+    return {"image": np.concatenate(images)[:n], "label": np.concatenate(labels)[:n]}
+
+
 def local_minima(grid: np.ndarray) -> int:
     """Grid points strictly below all their (up to 8) neighbours: 1 for a convex bowl, many for a chaotic surface."""
     padded = np.pad(grid, 1, constant_values=np.inf)
@@ -187,10 +199,11 @@ def main(argv: list[str] | None = None) -> None:
     from resnet_jax.lab import common
 
     if args.workdir:
-        model, variables = common.load_net(workdir=args.workdir, checkpoint=args.checkpoint)
-        batch = common.split_batch(common.run_setup(args.workdir).pipeline, args.split, args.examples)
+        run, state = common.load_run(args.workdir, args.checkpoint)
+        model, variables = run.model, {"params": state.params, "batch_stats": state.batch_stats}
+        batch = first_examples(run.pipeline, args.split, args.examples)
     elif args.model:
-        batch = common.real_batch(args.examples, args.seed, args.image_size, args.split)
+        batch = common.real_batch(args.examples, args.seed, args.image_size, split=args.split)
         overrides = {"widths": args.widths} if args.widths else {}
         model, variables = common.load_net(model=args.model, image_shape=batch["image"].shape[1:], seed=args.seed,
                                            **overrides)
