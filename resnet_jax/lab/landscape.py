@@ -215,9 +215,10 @@ def main(argv: list[str] | None = None) -> None:
     np.savez(out / f"{name}_landscape.npz", **result)
     summary = {k: (float(v) if np.ndim(v) == 0 else None) for k, v in result.items()}
     summary = {k: v for k, v in summary.items() if v is not None}
-    centre = args.points // 2
     summary |= {"examples": len(batch["label"]), "points": args.points, "span": args.span, "seed": args.seed,
-                "loss_at_origin": float(result["loss_1d"][centre]), "chunk": args.chunk, "batch_size": args.batch_size}
+                "chunk": args.chunk, "batch_size": args.batch_size}
+    if args.points % 2:  # an odd grid has the origin at its centre
+        summary["loss_at_origin"] = float(result["loss_1d"][args.points // 2])
     (out / f"{name}_landscape.json").write_text(json.dumps(summary, indent=2) + "\n")
     plot({name: result}, out / f"{name}_landscape.png")
     print(json.dumps(summary))
