@@ -13,6 +13,10 @@ Padding is explicit and symmetric by default, as in torchvision and Keras applic
 The layout options (`Layout`: inner widths, conv biases, TF 'same' padding, where a stage strides, ...) express the
 other frameworks' ResNets exactly, so their weights (`resnet_jax.pretrained`) reproduce their outputs.
 
+For the residual lab (docs/lab.md) every built-in block joins its branch and shortcut in `residual_join`, which sows
+the branch, deletes lesioned blocks (`lesion`) and applies stochastic depth (`stochastic_depth`); `norm='none'` and
+the SkipInit, ReZero and Fixup blocks give residual nets without BatchNorm.
+
 For transfer learning the head is configurable (pooling, hidden layers, dropout: `Head`), the first K stages
 (stem = stage 0) can run BatchNorm on their running statistics even in training (`frozen_bn_stages`, Keras'
 trainable=False), and the backbone's output is sown as features/backbone for feature caching.
@@ -110,9 +114,12 @@ def residual_join(block: Block, x: jnp.ndarray, branch: jnp.ndarray,
             raise ValueError(f"{type(block).__name__}: stochastic depth needs the block's train field set "
                              "(ResNet sets it from its call's train)")
         if block.train:
-            shape = (1,) * branch.ndim if block.stochastic_depth_mode == "batch" else (branch.shape[0],) + (1,) * (
-                branch.ndim - 1)
-            keep = jax.random.bernoulli(block.make_rng("dropout"), block.survival, shape)
+            rng = block.make_rng("dropout")
+            if block.stochastic_depth_mode == "batch":
+                keep = jax.random.bernoulli(rng, block.survival, (1,) * branch.ndim)
+            else:  # drawn with the branch's sharding, as Head's dropout mask, so that it works on an Explicit mesh
+                shape = (branch.shape[0],) + (1,) * (branch.ndim - 1)
+                keep = jax.random.bernoulli(rng, block.survival, shape, out_sharding=jax.typeof(branch).sharding)
             branch = jnp.where(keep, branch, jnp.zeros_like(branch))
         else:
             branch = branch * jnp.asarray(block.survival, branch.dtype)
@@ -518,6 +525,9 @@ class ResNet(nn.Module):
     gives lax's numbers, faster on XLA:CPU: resnet_jax.xla_cpu). Head: head_pooling 'avg' (global average) or
     'flatten' (the seeds' Flatten), then `Head`. frozen_bn_stages: the first K stages (stem = stage 0; -1 = all,
     final_norm included) run BatchNorm on their running statistics and leave them unchanged, also when train=True.
+    norm: 'batch', or 'none' (every BatchNorm the identity, every conv biased; the BN-free blocks' default).
+    stochastic_depth: 1 - p_L, block l of L surviving training with p_l = 1 - l/L (1 - p_L) (`survivals`), its branch
+    dropped for the whole batch or per example (stochastic_depth_mode) and scaled by p_l in evaluation.
     lesion: block names (stage<i>_block<j>) deleted at test time, each returning its shortcut alone (`residual_join`):
     `model.clone(lesion=("stage2_block3",))`; not a config key (a test-time knob, resnet_jax.config.UNFORWARDED).
     """

@@ -12,6 +12,7 @@ from resnet_jax import config as config_lib
 from resnet_jax import create_model
 
 WIDTHS = (4, 8, 16)
+TWO = (2, 1, 1)  # blocks per stage: stage1_block2 is an identity block, stage2_block1 a downsampling one
 X = jax.random.normal(jax.random.key(1), (4, 8, 8, 3))
 
 
@@ -26,7 +27,7 @@ def set_leaves(variables, predicate, value=0.0):
 
 
 def test_the_sown_branch_is_the_block_output_minus_its_identity_shortcut():
-    model = create_model("resnet14", 10, version="v2", widths=WIDTHS)  # stage1_block2: a v2 identity block
+    model = create_model("resnet8", 10, version="v2", widths=WIDTHS, stage_sizes=TWO)  # stage1_block2: identity
     _, state = model.apply(init(model), X, train=False, mutable=["intermediates"], capture_intermediates=True)
     inter = state["intermediates"]
     block_in, block_out = inter["stage1_block1"]["__call__"][0], inter["stage1_block2"]["__call__"][0]
@@ -47,7 +48,7 @@ def zero_branch(block: str, version: str, variables):
 @pytest.mark.parametrize("block", ["basic", "bottleneck"])
 @pytest.mark.parametrize("version", ["v1", "v2"])
 def test_lesioning_a_block_whose_branch_is_zero_changes_nothing(block, version):
-    model = create_model("resnet14", 10, version=version, block=block, widths=WIDTHS, shortcut="B")
+    model = create_model("resnet8", 10, version=version, block=block, widths=WIDTHS, shortcut="B", stage_sizes=TWO)
     variables = init(model)
     for name in ("stage1_block2", "stage2_block1"):  # an identity block and a downsampling (projection) one
         zeroed = zero_branch(name, version, variables)
@@ -98,7 +99,7 @@ def lesion_all(model):
 @pytest.mark.parametrize("block, version", [("skipinit_basic", "v1"), ("skipinit_basic", "v2"),
                                             ("skipinit_bottleneck", "v2"), ("rezero_basic", "v1")])
 def test_skipinit_and_rezero_start_as_the_identity_per_block(block, version):
-    model = create_model("resnet14", 10, block=block, version=version, widths=WIDTHS)  # option A shortcuts
+    model = create_model("resnet8", 10, block=block, version=version, widths=WIDTHS, stage_sizes=TWO)
     variables = init(model)
     assert "batch_stats" not in variables  # no normalisation anywhere (norm='none' is these blocks' default)
     logits, state = model.apply(variables, X, train=False, mutable=["intermediates"])
@@ -174,13 +175,12 @@ def test_stochastic_depth_in_training_drops_whole_branches_for_the_batch():
     model = base.clone(stochastic_depth=0.5)  # survivals 5/6, 2/3, 1/2
     variables = init(model)
     almost_one = base.clone(stochastic_depth=1e-7)  # survival 1 - 1e-7: in training, nothing is dropped
-    for key in range(3):
-        np.testing.assert_array_equal(train_logits(almost_one, variables, key), train_logits(base, variables))
+    np.testing.assert_array_equal(train_logits(almost_one, variables, 0), train_logits(base, variables))
     names = base.block_names()
     subsets = [tuple(n for n, bit in zip(names, bits, strict=True) if bit) for bits in np.ndindex(2, 2, 2)]
     lesioned = {s: train_logits(base.clone(lesion=s), variables) for s in subsets}
     seen = set()
-    for key in range(12):
+    for key in range(8):
         out = train_logits(model, variables, key)
         match = [s for s, y in lesioned.items() if np.allclose(out, y, atol=1e-5)]
         assert len(match) == 1, f"key {key}: the output is no net with a subset of blocks dropped"
@@ -209,3 +209,4 @@ def test_norm_none_is_refused_where_it_cannot_apply():
         create_model("resnet8", 10, norm="none", zero_init_residual=True)
     with pytest.raises(ValueError, match="has no pre-activation"):
         create_model("resnet8", 10, block="fixup_basic", version="v2")
+
