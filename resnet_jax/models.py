@@ -105,7 +105,8 @@ def residual_join(block: Block, x: jnp.ndarray, branch: jnp.ndarray,
     mutable=['intermediates']): output = shortcut + sown branch. A lesioned block returns its shortcut alone (the
     branch's parameters stay, unused); a lesioned plain block its parameter-free shortcut: the identity, or option
     A's zero padding where the shape changes. `shortcut` is called only in residual nets, so that a plain net has no
-    shortcut parameters.
+    shortcut parameters. A boolean variable lesion/alive of the block, passed to apply ({'lesion': {block name:
+    {'alive': ...}}}, resnet_jax.lab.lesion.alive), deletes it as a traced value instead of the static field.
     """
     if block.branch_gain:
         branch = branch * scalar(block, "branch_gain", nn.initializers.zeros, branch)
@@ -127,12 +128,14 @@ def residual_join(block: Block, x: jnp.ndarray, branch: jnp.ndarray,
         block.sow("intermediates", "branch", branch)
     if block.residual:
         path = shortcut()
-        return path if block.lesioned else branch + path
-    if block.lesioned:
+        kept, deleted = branch + path, lambda: path
+    else:
         out = branch.shape[-1]
         same = block.strides == 1 and x.shape[-1] == out
-        return x if same else zero_pad_shortcut(x, out, block.strides)
-    return branch
+        kept, deleted = branch, lambda: x if same else zero_pad_shortcut(x, out, block.strides)
+    if block.has_variable("lesion", "alive"):  # a traced lesion: one compiled net for every set of deleted blocks
+        return jnp.where(block.get_variable("lesion", "alive"), kept, deleted())
+    return deleted() if block.lesioned else kept
 
 
 class PostActBlock(Block):

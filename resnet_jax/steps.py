@@ -104,6 +104,11 @@ def eval_step(state: TrainState, batch: dict, *, model: nn.Module) -> dict:
     """Sums (not means) over the real examples (mask == 1) of a padded batch, so that a split is counted exactly
     once."""
     logits = model.apply({"params": state.params, "batch_stats": state.batch_stats}, batch["image"], train=False)
+    return eval_sums(logits, batch)
+
+
+def eval_sums(logits: jnp.ndarray, batch: dict) -> dict:
+    """eval_step's sums of loss, top-1 and top-5 hits and count over the batch's real examples, from its logits."""
     mask = batch["mask"]
     return {
         "loss": jnp.sum(cross_entropy(logits, batch["label"]) * mask),

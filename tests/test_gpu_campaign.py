@@ -8,6 +8,7 @@ import sys
 import tarfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from benchmarks.campaign import gpu_campaign
@@ -107,6 +108,33 @@ def test_tiny_ablation_reports_plain_and_residual(tiny_campaign):
     summary = json.loads((dest / "summary.json").read_text())
     assert {c["name"] for c in summary["cells"]} == {"plain8-seed0", "resnet8-seed0"}
     assert (dest / "figure6.png").exists() and "| resnet8 |" in (dest / "report.md").read_text()
+
+
+def test_tiny_lab_runs_every_instrument_on_the_ablations_nets(tiny_campaign):
+    dest = tiny_campaign[0] / "experiments" / "results" / "lab_gpu"
+    record = json.loads((dest / "campaign.json").read_text())
+    assert record["status"] == "done" and list(record["steps"]) == [
+        "signal at init", "shattered gradients", "signal trained", "lesion", "landscape resnet8"]
+    assert all(step["status"] == "done" for step in record["steps"].values()), record["steps"]
+    assert "runs/ablation_gpu/resnet8-seed0" in record["steps"]["lesion"]["command"]  # the ablation part's nets
+    signal = json.loads((dest / "signal_trained" / "signal.json").read_text())
+    assert [net["label"] for net in signal["nets"]] == ["plain8-seed0 (trained)", "resnet8-seed0 (trained)"]
+    lesion = json.loads((dest / "lesion" / "lesion.json").read_text())
+    assert [net["label"] for net in lesion["nets"]] == ["resnet8-seed0", "plain8-seed0"]
+    assert all(len(net["single"]) == 3 and net["ks"] == [0, 1, 2] for net in lesion["nets"])
+    landscape = np.load(dest / "landscape" / "resnet8_landscape.npz")
+    assert landscape["loss_2d"].shape == (3, 3) and np.isfinite(landscape["loss_2d"]).all()
+    shattered = json.loads((dest / "shattered" / "shattered.json").read_text())
+    assert set(shattered["nets"]) == {"plain8", "resnet8"}
+
+
+def test_lab_steps_that_need_the_ablations_nets_say_so_when_they_are_missing(tmp_path):
+    out = gpu_campaign.Output(tmp_path, None)
+    steps = gpu_campaign.lab_steps(out, tiny=False, data=Path("/data"))
+    why = {name: reason for name, _, reason in steps}
+    assert why["signal at init"] == why["shattered gradients"] == ""
+    assert why["lesion"].startswith("not run: the ablation part did not train resnet56-seed0, plain56-seed0")
+    assert "--points 51" in " ".join(dict((n, c) for n, c, _ in steps)["landscape resnet56"])
 
 
 def test_the_pack_holds_the_results_but_not_the_runs(tiny_campaign):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from resnet_jax.lab.common import load_net
-from resnet_jax.lab.lesion import Lesions, downsampling_blocks
+from resnet_jax.lab.lesion import Lesions, alive, downsampling_blocks
 from resnet_jax.steps import TrainState
 
 SHAPE = (8, 8, 1)
@@ -90,3 +90,18 @@ def test_a_plain_net_loses_its_layer():
     intact = plain.evaluate(())
     assert plain.evaluate(("stage1_block1",))["loss"] != intact["loss"]
     assert plain.evaluate(("stage2_block1",))["loss"] != intact["loss"]  # a strided, zero-padded identity instead
+
+
+@pytest.mark.parametrize("name", ["resnet8", "plain8"])
+def test_the_traced_lesion_equals_the_static_one_with_one_compilation(name):
+    from resnet_jax.steps import eval_step
+
+    lesions = lesions_of(name)
+    batch = next(Batches().eval_batches("test"))
+    for deleted in [(), ("stage1_block1",), ("stage2_block1", "stage3_block1"), tuple(lesions.model.block_names())]:
+        static = eval_step(lesions.state, batch, model=lesions.model.clone(lesion=deleted))
+        traced = lesions.step(lesions.state, batch, alive(lesions.model, deleted))  # the one compiled executable
+        np.testing.assert_allclose(traced["loss"], static["loss"], rtol=1e-6)
+        assert traced["accuracy"] == static["accuracy"] and traced["count"] == static["count"] == 12
+    with pytest.raises(ValueError, match="stage4_block1.*name no block"):
+        alive(lesions.model, ("stage4_block1",))

@@ -1,6 +1,6 @@
-"""The GPU campaign: five parts that prove resnet-jax on a lent GPU, each within a time budget it keeps itself.
+"""The GPU campaign: six parts that prove resnet-jax on a lent GPU, each within a time budget it keeps itself.
 
-    bash benchmarks/campaign/gpu_campaign.sh OUT_DIR [--parts smoke,speed,pipeline,accuracy,ablation] [--tiny]
+    bash benchmarks/campaign/gpu_campaign.sh OUT_DIR [--parts smoke,speed,pipeline,accuracy,ablation,lab] [--tiny]
                                              [--data DIR] [--budgets part=seconds,...] [--pack FILE.tar.gz]
 
   smoke     the model and training tests (bf16 included) under pytest on the accelerator
@@ -11,10 +11,12 @@
   accuracy  experiments/fashion_mnist_gpu.py, its epochs sized to the budget by a measured step: test accuracy,
             wall time, time to 94%
   ablation  experiments/ablation_gpu.py: plain vs residual nets of depth 20/56/110, the report and Figure 6
+  lab       the residual lab (resnet_jax.lab) at paper width: signal propagation and shattered gradients at
+            initialisation; on the ablation's trained nets (same OUT_DIR), signal, lesions and 51x51 landscapes
 
 OUT_DIR is laid out as the repository, so its results can be committed as they are: benchmarks/results/
 <name>-<date>-<device>.json + .md (smoke, train_step, steps_per_call, input_pipeline, and campaign: the index of
-the parts), experiments/results/fashion_mnist_gpu/ and experiments/results/ablation_gpu/; logs/ holds the
+the parts), experiments/results/{fashion_mnist_gpu,ablation_gpu,lab_gpu}/; logs/ holds the
 subprocesses' output and runs/ their workdirs (checkpoints). Every part writes its record as it goes; with --pack,
 every write also re-packs everything but runs/ into one .tar.gz, so a command killed at the device's limit still
 returns its results.
@@ -48,9 +50,9 @@ sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
 from resnet_jax.provenance import device_slug, provenance  # noqa: E402
 
-BUDGETS = {  # seconds per part: two device commands of about 5.5 minutes (benchmarks/README.md)
-    "gpu": {"smoke": 75, "speed": 240, "pipeline": 40, "accuracy": 140, "ablation": 140},
-    "tiny": {"smoke": 600, "speed": 600, "pipeline": 600, "accuracy": 600, "ablation": 600},  # caps against hangs only
+BUDGETS = {  # seconds per part: device commands of 5.3 and 7.7 minutes (benchmarks/README.md)
+    "gpu": {"smoke": 75, "speed": 200, "pipeline": 40, "accuracy": 140, "ablation": 140, "lab": 180},
+    "tiny": {"smoke": 600, "speed": 600, "pipeline": 600, "accuracy": 600, "ablation": 600, "lab": 600},  # hang caps
 }
 TINY_XLA_FLAGS = "--xla_backend_optimization_level=0"  # CPU compiles 3x faster: tiny runs check code, not speed
 DATA = [ROOT / ".carry" / "fashion-mnist", Path("/usr/share/datasets/fashion-mnist")]  # the first that exists
@@ -556,7 +558,80 @@ def ablation(out: Output, deadline: float, tiny: bool, data: Path) -> str:
     return f"{record['status']}: {len(done)} of {len(record['cells'])} runs finished{written}"
 
 
-PARTS = {"smoke": smoke, "speed": speed, "pipeline": pipeline, "accuracy": accuracy, "ablation": ablation}
+# ---- 6. lab ----------------------------------------------------------------------------------------------------
+
+LAB = {  # the nets and the instruments' sizes: paper width at 20/56/110 on 32x32 inputs; tiny nets on the tiny data
+    "gpu": {"models": [f"{kind}{depth}" for depth in (20, 56, 110) for kind in ("plain", "resnet")],
+            "widths": "16,32,64", "image_size": "32", "lesioned": ["resnet56", "plain56", "resnet110", "plain110"],
+            "ks": "0,1,2,4,8,12,16,20,24", "draws": "5", "landscapes": ["resnet56", "plain56"], "points": "51",
+            "examples": "1000", "chunk": "51", "line_points": "256", "signal_examples": "256"},
+    "tiny": {"models": TINY_MODELS, "widths": "4,8,16", "image_size": "0", "lesioned": ["resnet8", "plain8"],
+             "ks": "0,1,2", "draws": "2", "landscapes": ["resnet8"], "points": "3", "examples": "64", "chunk": "3",
+             "line_points": "32", "signal_examples": "64"},
+}
+
+
+def lab_steps(out: Output, tiny: bool, data: Path) -> list[tuple[str, list[str] | None, str]]:
+    """(step, command or None, why not) of the residual lab's instruments (resnet_jax.lab), cheapest first: signal
+    propagation and shattered gradients of the nets at initialisation, then, on the ablation part's trained nets in
+    this OUT_DIR, their signal, the lesion study and filter-normalised landscapes."""
+    size, dest = LAB[preset(tiny)], out.experiment("lab_gpu")
+    lab = [sys.executable, "-m", "resnet_jax.lab"]
+    at_init = [arg for m in size["models"] for arg in ("--model", m)] + [
+        "--widths", size["widths"], "--image-size", size["image_size"], "--data", str(data)]
+    signal = [*lab, "signal", "--examples", size["signal_examples"]]
+    steps = [("signal at init", [*signal, *at_init, "--out", str(dest / "signal_init")], ""),
+             ("shattered gradients", [*lab, "shattered", *at_init, "--points", size["line_points"],
+                                      "--out", str(dest / "shattered")], "")]
+
+    def trained(models: list[str]) -> tuple[list[Path], str]:
+        runs = [out.runs / "ablation_gpu" / f"{m}-seed0" for m in models]
+        from scripts.ablation import read_status
+
+        missing = [r.name for r in runs if not read_status(r).get("done")]
+        return runs, f"not run: the ablation part did not train {', '.join(missing)} in this OUT_DIR" if missing else ""
+
+    runs, why = trained(size["models"])
+    steps.append(("signal trained", [*signal, *[a for r in runs for a in ("--workdir", str(r))],
+                                     "--out", str(dest / "signal_trained")], why))
+    runs, why = trained(size["lesioned"])
+    steps.append(("lesion", [*lab, "lesion", *[a for r in runs for a in ("--workdir", str(r))], "--ks", size["ks"],
+                             "--draws", size["draws"], "--out", str(dest / "lesion")], why))
+    for model in size["landscapes"]:
+        [run], why = trained([model])
+        steps.append((f"landscape {model}", [*lab, "landscape", "--workdir", str(run), "--points", size["points"],
+                                             "--examples", size["examples"], "--chunk", size["chunk"], "--name", model,
+                                             "--out", str(dest / "landscape")], why))
+    return steps
+
+
+def lab(out: Output, deadline: float, tiny: bool, data: Path) -> str:
+    """Each instrument of the residual lab as its own command, in turn, until the budget is spent; every step's
+    command, status and wall time in experiments/results/lab_gpu/campaign.json, the instruments' own files beside."""
+    dest = out.experiment("lab_gpu")
+    record = header("lab", tiny, deadline) | {"status": "running", "steps": {}}
+    for name, cmd, why in lab_steps(out, tiny, data):
+        step = {"command": shlex.join(["python", *cmd[1:]])}
+        if why or time.perf_counter() > deadline:
+            step["status"] = why or SPENT
+        else:
+            start = time.perf_counter()
+            [code] = run_until([cmd], [out.log(f"lab-{name.replace(' ', '_')}.log")], deadline)
+            step |= {"status": {None: "stopped at the budget", 0: "done"}.get(code, f"failed: exit code {code}"),
+                     "seconds": round(time.perf_counter() - start, 1)}
+        record["steps"][name] = step
+        out.save({dest / "campaign.json": record})
+    landscapes = sorted((dest / "landscape").glob("*_landscape.npz"))
+    if landscapes:  # every landscape in one figure, on Li et al.'s shared contour levels
+        run_until([[sys.executable, "-m", "resnet_jax.lab", "landscape", "--plot", *map(str, landscapes),
+                    "--out", str(dest / "landscape")]], [out.log("lab-plot.log")], time.perf_counter() + 60)
+    done = [n for n, s in record["steps"].items() if s["status"] == "done"]
+    record["status"] = "done" if len(done) == len(record["steps"]) else f"{len(done)} of {len(record['steps'])} done"
+    out.save({dest / "campaign.json": record})
+    return f"{record['status']}: {', '.join(done) or 'no instrument ran'}"
+
+
+PARTS = {"smoke": smoke, "speed": speed, "pipeline": pipeline, "accuracy": accuracy, "ablation": ablation, "lab": lab}
 
 
 # ---- the campaign ---------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """What every instrument of the lab needs: a net (a zoo name at initialisation, or a trained run's best checkpoint,
 read-only) and a batch of real images normalised as that net was trained to see them."""
 
+import argparse
 import functools
 import json
 from pathlib import Path
@@ -22,11 +23,16 @@ from resnet_jax.steps import TrainState
 FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 
 
-def default_data(image_size: int = 0) -> ml_collections.ConfigDict:
-    """Real Fashion-MNIST from its IDX files, per-channel normalised, at `image_size` (0: 28)."""
+def default_data(image_size: int = 0, path: str = FASHION_MNIST) -> ml_collections.ConfigDict:
+    """Real Fashion-MNIST from the IDX files in `path`, per-channel normalised, at `image_size` (0: 28)."""
     c = data_lib.default_config()
-    c.update(name="fashion_mnist", source="idx", path=FASHION_MNIST, image_size=image_size, normalize="channel")
+    c.update(name="fashion_mnist", source="idx", path=str(path), image_size=image_size, normalize="channel")
     return c
+
+
+def add_data_argument(parser: argparse.ArgumentParser) -> None:
+    """--data: the folder of the Fashion-MNIST IDX files that zoo nets at initialisation are measured on."""
+    parser.add_argument("--data", default=FASHION_MNIST, help=f"Fashion-MNIST IDX folder (default {FASHION_MNIST})")
 
 
 def saved_config(workdir: str | Path) -> ml_collections.ConfigDict:

@@ -170,12 +170,15 @@ def plot(results: dict[str, dict], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """python -m resnet_jax.lab landscape: compute a net's landscape (--workdir or --model), or --plot saved ones."""
+    from resnet_jax.lab import common  # the data and checkpoint machinery: only when run
+
     parser = argparse.ArgumentParser(prog="python -m resnet_jax.lab landscape", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", help="a trained run (its --checkpoint); its own test data and preprocessing")
     parser.add_argument("--model", help="a zoo name at initialisation instead (with --widths, --image-size)")
     parser.add_argument("--widths", type=lambda s: tuple(int(w) for w in s.split(",")), help="e.g. 8,16,32")
     parser.add_argument("--image-size", type=int, default=0, help="--model: resize Fashion-MNIST (0 = 28)")
+    common.add_data_argument(parser)
     parser.add_argument("--checkpoint", choices=("best", "latest"), default="best")
     parser.add_argument("--split", default="test")
     parser.add_argument("--examples", type=int, default=2000)
@@ -196,14 +199,13 @@ def main(argv: list[str] | None = None) -> None:
         results = {Path(p).stem.removesuffix("_landscape"): dict(np.load(p)) for p in args.plot}
         plot(results, out / ("_vs_".join(results) + "_landscape.png"))
         return
-    from resnet_jax.lab import common
-
     if args.workdir:
         run, state = common.load_run(args.workdir, args.checkpoint)
         model, variables = run.model, {"params": state.params, "batch_stats": state.batch_stats}
         batch = first_examples(run.pipeline, args.split, args.examples)
     elif args.model:
-        batch = common.real_batch(args.examples, args.seed, args.image_size, split=args.split)
+        batch = common.real_batch(args.examples, args.seed, split=args.split,
+                                  data=common.default_data(args.image_size, args.data))
         overrides = {"widths": args.widths} if args.widths else {}
         model, variables = common.load_net(model=args.model, image_shape=batch["image"].shape[1:], seed=args.seed,
                                            **overrides)

@@ -123,12 +123,15 @@ def plot(results: dict[str, dict], path: Path) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """python -m resnet_jax.lab shattered: the gradient autocorrelation of zoo nets at initialisation."""
+    from resnet_jax.lab import common  # the data and checkpoint machinery: only when run
+
     parser = argparse.ArgumentParser(prog="python -m resnet_jax.lab shattered", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", action="append", required=True, help="zoo name (repeatable), e.g. plain56")
     parser.add_argument("--widths", type=lambda s: tuple(int(w) for w in s.split(",")), help="e.g. 16,32,64")
     parser.add_argument("--image-size", type=int, default=0, help="resize Fashion-MNIST (0 = 28)")
     parser.add_argument("--points", type=int, default=256)
+    common.add_data_argument(parser)
     parser.add_argument("--pairs", type=int, default=4, help="lines (pairs of test images) averaged over")
     parser.add_argument("--output", type=int, default=0, help="the logit differentiated; -1: their sum")
     parser.add_argument("--bn", choices=("line", "init"), default="line")
@@ -136,11 +139,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--name", default="shattered", help="file name stem")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
-    from resnet_jax.lab import common
-
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    images = common.real_batch(2 * args.pairs, args.seed, args.image_size)["image"]
+    images = common.real_batch(2 * args.pairs, args.seed, data=common.default_data(args.image_size, args.data))["image"]
     lines = np.stack([line_of_images(images[2 * i], images[2 * i + 1], args.points) for i in range(args.pairs)])
     results: dict[str, dict[str, Any]] = {}
     summary = {}

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from resnet_jax.lab.common import load_net, real_batch, saved_config
+from resnet_jax.lab.common import add_data_argument, default_data, load_net, real_batch, saved_config
 from resnet_jax.models import Block, ResNet, forward_order
 
 STATS = ("sq_mean", "var", "branch_var")
@@ -138,8 +138,8 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         name, overrides = parse_model(spec)
         overrides = ({"widths": widths} if widths else {}) | overrides
         shape = (args.image_size or 28, args.image_size or 28, 1)
-        nets.append((f"{spec} (init)", dict(model=name, image_shape=shape, seed=args.seed, **overrides), None,
-                     args.bn != "running"))
+        nets.append((f"{spec} (init)", dict(model=name, image_shape=shape, seed=args.seed, **overrides),
+                     default_data(args.image_size, args.data), args.bn != "running"))
     for workdir in args.workdir or []:
         data = saved_config(workdir).data
         nets.append((f"{Path(workdir).name} (trained)", dict(workdir=workdir), data, args.bn == "batch"))
@@ -167,6 +167,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--widths", default="", help="widths of the zoo models, e.g. 8,16,32 (default: the zoo's)")
     parser.add_argument("--image-size", type=int, default=0, help="Fashion-MNIST resized to this (0: 28x28)")
     parser.add_argument("--examples", type=int, default=256, help="test images in the batch")
+    add_data_argument(parser)
     parser.add_argument("--seed", type=int, default=0, help="initialisation and batch draw")
     parser.add_argument("--bn", choices=("auto", "batch", "running"), default="auto",
                         help="BatchNorm statistics: auto = batch at init, running averages for a trained run")
