@@ -62,6 +62,9 @@ def optimizer_config() -> ml_collections.ConfigDict:
             # kernel_regularizer=l2(c) equals weight_decay = 2c). 'decoupled': AdamW's decay (adamw only).
             weight_decay_mode="l2",
             decay_norm_and_bias=False,  # False: decay conv/dense kernels only, not BN scale/bias or biases
+            # The learning rate of scalar (0-d) parameters (Fixup's biases and multipliers, SkipInit's and ReZero's
+            # gains) relative to the others: Fixup's reference code trains them at 1/10 (0.1).
+            scalar_lr_scale=1.0,
         )
     )
 
@@ -113,6 +116,11 @@ def kernel_mask(params) -> dict:
     return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
+def scalar_mask(params) -> dict:
+    """True for scalar (0-d) parameters."""
+    return jax.tree.map(lambda p: p.ndim == 0, params)
+
+
 def make_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule) -> optax.GradientTransformation:
     """An optax optimizer with the configured weight decay, driven by `schedule`."""
     if config.name not in OPTIMIZERS:
@@ -120,7 +128,8 @@ def make_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule) 
     checks = {"learning_rate": (0 < config.learning_rate < math.inf, "finite and > 0"),
               "weight_decay": (0 <= config.weight_decay < math.inf, "finite and >= 0"),
               "momentum": (0 <= config.momentum < 1, "in [0, 1)"), "b1": (0 <= config.b1 < 1, "in [0, 1)"),
-              "b2": (0 <= config.b2 < 1, "in [0, 1)"), "eps": (0 < config.eps < math.inf, "finite and > 0")}
+              "b2": (0 <= config.b2 < 1, "in [0, 1)"), "eps": (0 < config.eps < math.inf, "finite and > 0"),
+              "scalar_lr_scale": (0 < config.scalar_lr_scale < math.inf, "finite and > 0")}
     for key, (ok, what) in checks.items():
         if not ok:
             raise ValueError(f"optimizer.{key}={config[key]} must be {what}")
@@ -134,14 +143,15 @@ def make_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule) 
         )
     mask: Callable | None = None if config.decay_norm_and_bias else kernel_mask
     if config.name == "adamw":
-        return optax.adamw(schedule, config.b1, config.b2, config.eps, weight_decay=config.weight_decay, mask=mask)
-    if config.name == "sgd":
-        opt = optax.sgd(schedule, momentum=config.momentum or None, nesterov=config.nesterov)
+        opt = optax.adamw(schedule, config.b1, config.b2, config.eps, weight_decay=config.weight_decay, mask=mask)
     else:
-        opt = optax.adam(schedule, config.b1, config.b2, config.eps)
-    if config.weight_decay == 0:
-        return opt
-    return optax.chain(optax.add_decayed_weights(config.weight_decay, mask), opt)
+        opt = (optax.sgd(schedule, momentum=config.momentum or None, nesterov=config.nesterov) if config.name == "sgd"
+               else optax.adam(schedule, config.b1, config.b2, config.eps))
+        if config.weight_decay:
+            opt = optax.chain(optax.add_decayed_weights(config.weight_decay, mask), opt)
+    if config.scalar_lr_scale != 1:  # every optimizer here is linear in its rate: scaling the update scales the rate
+        opt = optax.chain(opt, optax.masked(optax.scale(config.scalar_lr_scale), scalar_mask))
+    return opt
 
 
 def make_plateau(config: ml_collections.ConfigDict, base_lr: float) -> optax.GradientTransformationExtraArgs:

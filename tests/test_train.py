@@ -165,6 +165,33 @@ def test_weight_decay_reaches_kernels_only_unless_asked():
         np.testing.assert_allclose(updates["bn"]["scale"], expect_bn)
 
 
+@pytest.mark.parametrize("name", ["sgd", "adam", "adamw"])
+def test_scalar_parameters_learn_at_the_scaled_rate(name):
+    """Fixup's reference code trains its scalar biases and multipliers at 1/10 of the rate of the other weights."""
+    params = {"block": {"kernel": jnp.ones((3, 3)), "bias1a": jnp.ones(()), "scale": jnp.ones(())}}
+    grads = jax.tree.map(lambda p: 0.5 * jnp.ones_like(p), params)
+
+    def updates(scale):
+        c = optim.optimizer_config()
+        c.update(name=name, weight_decay=0.0, scalar_lr_scale=scale,
+                 weight_decay_mode="decoupled" if name == "adamw" else "l2")
+        tx = optim.make_optimizer(c, optax.constant_schedule(0.01))
+        state = tx.init(params)
+        for _ in range(3):  # momentum / moments over a few steps
+            out, state = tx.update(grads, state, params)
+        return out
+
+    base, scaled = updates(1.0), updates(0.1)
+    np.testing.assert_allclose(scaled["block"]["kernel"], base["block"]["kernel"])
+    for scalar in ("bias1a", "scale"):
+        np.testing.assert_allclose(scaled["block"][scalar], 0.1 * base["block"][scalar], rtol=1e-6)
+        assert base["block"][scalar] != 0
+    c = optim.optimizer_config()
+    c.scalar_lr_scale = 0.0
+    with pytest.raises(ValueError, match=r"scalar_lr_scale=0.0 must be finite and > 0"):
+        optim.make_optimizer(c, optax.constant_schedule(0.1))
+
+
 def test_incompatible_optimizer_options_are_refused():
     c = optim.optimizer_config()
     c.update(name="sgd", weight_decay_mode="decoupled")
