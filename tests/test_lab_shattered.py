@@ -97,3 +97,12 @@ def test_line_statistics_make_eval_mode_match_train_mode_on_the_line(resnet8, li
     train_mode, _ = model.apply(variables, line, train=True, mutable=["batch_stats"])
     np.testing.assert_allclose(model.apply(frozen, line, train=False), train_mode, rtol=1e-4, atol=1e-4)
     assert not np.allclose(model.apply(variables, line, train=False), train_mode, atol=1e-3)
+
+
+@pytest.mark.parametrize("fields", [{"block": "skipinit_basic"}, {"stochastic_depth": 0.5}])
+def test_nets_without_batchnorm_or_with_stochastic_depth_are_measured_on_line_statistics(lines, fields):
+    model = create_model("resnet8", 10, widths=(4, 8, 16), **fields)
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)), train=False)
+    measured = shattered.measure(model, variables, lines, bn="line")
+    assert np.isfinite(measured["autocorrelation"]).all() and measured["grad_norm"][0] > 0
+    np.testing.assert_allclose(measured["autocorrelation"][0, 0], 1.0, rtol=1e-5)  # every gradient with itself

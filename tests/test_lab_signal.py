@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from resnet_jax.lab import signal
+from resnet_jax.lab import common, signal
 from resnet_jax.lab.common import load_net
 from resnet_jax.models import zero_pad_shortcut
 
@@ -72,8 +72,8 @@ def test_a_plain_net_has_no_branch_variance(images):
 
 
 def test_parse_model():
-    assert signal.parse_model("resnet56") == ("resnet56", {})
-    assert signal.parse_model("resnet20:zero_init_residual=True,block=basic,widths=(4, 8, 16)") == (
+    assert common.parse_model("resnet56") == ("resnet56", {})
+    assert common.parse_model("resnet20:zero_init_residual=True,block=basic,widths=(4, 8, 16)") == (
         "resnet20", {"zero_init_residual": True, "block": "basic", "widths": (4, 8, 16)})
 
 

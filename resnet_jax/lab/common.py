@@ -2,8 +2,10 @@
 read-only) and a batch of real images normalised as that net was trained to see them."""
 
 import argparse
+import ast
 import functools
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -94,3 +96,16 @@ def real_batch(n: int, seed: int, image_size: int = 0, data: ml_collections.Conf
     mean, std = normalization(data.normalize, dataset.splits["train"][0], data.pad_to_32, data.channels)
     image = to_model_geometry(images[pick], data.pad_to_32, data.channels)
     return {"image": np.asarray(normalize(image, mean, std)), "label": np.asarray(labels[pick])}
+
+
+def parse_model(spec: str) -> tuple[str, dict[str, Any]]:
+    """'resnet56' or 'resnet56:block=basic,zero_init_residual=True' -> (zoo name, ResNet field overrides)."""
+    name, _, rest = spec.partition(":")
+    overrides = {}
+    for item in filter(None, re.split(r",(?=\w+=)", rest)):  # a comma inside a value (a tuple) stays
+        key, _, value = item.partition("=")
+        try:
+            overrides[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            overrides[key] = value
+    return name, overrides

@@ -26,8 +26,12 @@ import numpy as np
 
 
 def line_statistics(model: nn.Module, variables: dict, line: jax.Array) -> dict:
-    """`variables` with BatchNorm running statistics replaced by the batch statistics of the images `line`."""
-    _, updates = model.clone(bn_momentum=0.0).apply(variables, line, train=True, mutable=["batch_stats"])
+    """`variables` with BatchNorm running statistics replaced by the batch statistics of the images `line` (taken with
+    every block kept, if the net has stochastic depth); unchanged for a net without BatchNorm."""
+    if "batch_stats" not in variables:
+        return variables
+    stats_net = model.clone(bn_momentum=0.0, stochastic_depth=0.0)
+    _, updates = stats_net.apply(variables, line, train=True, mutable=["batch_stats"])
     return {**variables, "batch_stats": updates["batch_stats"]}
 
 
@@ -127,7 +131,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(prog="python -m resnet_jax.lab shattered", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", action="append", required=True, help="zoo name (repeatable), e.g. plain56")
+    parser.add_argument("--model", action="append", required=True,
+                        help="zoo name (repeatable), e.g. plain56; NAME:field=value,... sets ResNet fields")
     parser.add_argument("--widths", type=lambda s: tuple(int(w) for w in s.split(",")), help="e.g. 16,32,64")
     parser.add_argument("--image-size", type=int, default=0, help="resize Fashion-MNIST (0 = 28)")
     parser.add_argument("--points", type=int, default=256)
@@ -147,12 +152,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     summary = {}
     overrides = {"widths": args.widths} if args.widths else {}
     for name in args.model:
-        model, variables = common.load_net(model=name, image_shape=images.shape[1:], seed=args.seed, **overrides)
+        zoo, fields = common.parse_model(name)
+        model, variables = common.load_net(model=zoo, image_shape=images.shape[1:], seed=args.seed,
+                                           **overrides | fields)
         start = time.perf_counter()
         results[name] = measure(model, variables, lines, args.bn, args.output)
         seconds = time.perf_counter() - start
-        rho = results[name]["autocorrelation"]
-        summary[name] = {"rho_lag1": [float(rho[:, 1].mean()), float(rho[:, 1].std())],
+        rho, grad_norm = results[name]["autocorrelation"], float(results[name]["grad_norm"].mean())
+        if grad_norm == 0:  # e.g. Fixup at initialisation: its classifier starts at zero
+            print(f"{name}: the gradient is exactly zero on every line, so its correlations are undefined (0 here)")
+        summary[name] = {"mean_gradient_norm": grad_norm,"rho_lag1": [float(rho[:, 1].mean()), float(rho[:, 1].std())],
                          "rho_lag16": [float(rho[:, 16].mean()), float(rho[:, 16].std())],
                          "rho_mean_all_lags": [float(rho[:, 1:].mean()), float(rho[:, 1:].mean(1).std())],
                          "correlation_length_0.5": [correlation_length(r) for r in rho],

@@ -15,9 +15,7 @@ averages are still 0 and 1), running averages for a trained net (the net as it i
 """
 
 import argparse
-import ast
 import json
-import re
 import time
 from functools import partial
 from pathlib import Path
@@ -28,7 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from resnet_jax.lab.common import add_data_argument, default_data, load_net, real_batch, saved_config
+from resnet_jax.lab.common import (add_data_argument, default_data, load_net, parse_model, real_batch,
+                                  saved_config)
 from resnet_jax.models import Block, ResNet, forward_order
 
 STATS = ("sq_mean", "var", "branch_var")
@@ -78,19 +77,6 @@ def measure(model: ResNet, variables: dict, images: Any, train: bool) -> dict[st
     stats = jax.device_get(_measure(model, variables, jnp.asarray(images), train))
     names = list(jax.eval_shape(lambda: block_activations(model, variables, jnp.asarray(images), train)))
     return {"blocks": ["input", *names], **stats, "branch_share": stats["branch_var"] / stats["var"]}
-
-
-def parse_model(spec: str) -> tuple[str, dict[str, Any]]:
-    """'resnet56' or 'resnet56:block=basic,zero_init_residual=True' -> (zoo name, ResNet field overrides)."""
-    name, _, rest = spec.partition(":")
-    overrides = {}
-    for item in filter(None, re.split(r",(?=\w+=)", rest)):  # a comma inside a value (a tuple) stays
-        key, _, value = item.partition("=")
-        try:
-            overrides[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            overrides[key] = value
-    return name, overrides
 
 
 def plot(results: list[dict[str, Any]], path: Path, share_path: Path) -> None:
