@@ -305,6 +305,39 @@ def by_net_and_depth(runs: list[Run], table: list[dict]) -> dict[str, dict[int, 
     return {net: dict(sorted(rows.items())) for net, rows in sorted(nets.items())}
 
 
+def by_variant_and_depth(table: list[dict]) -> dict[str, dict[int, dict]] | None:
+    """variant -> depth -> row when the grid's only axis is `config` and each value is <variant><depth> (e.g.
+    'fixup56': experiments/trainability_cpu.py), one row each; else None."""
+    cells = [re.fullmatch(r"([a-z_]+?)(\d+)", str(row["axes"].get(CONFIG_AXIS, ""))) for row in table]
+    if any(m is None for m in cells) or any(set(row["axes"]) != {CONFIG_AXIS} for row in table):
+        return None
+    variants: dict[str, dict[int, dict]] = {}
+    for match, row in zip(cells, table, strict=True):
+        variants.setdefault(match[1], {})[int(match[2])] = row
+    return {variant: dict(sorted(rows.items())) for variant, rows in variants.items()}
+
+
+def plot_depth_sweep(variants: dict[str, dict[int, dict]], path: Path) -> None:
+    """Final training error (left) and test error (right) against depth, one line per variant, seed spread as bars."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6), sharey=True, constrained_layout=True)
+    for ax, key, title in zip(axes, ("train", "test"), ("Final training error", "Final test error"), strict=True):
+        for i, (variant, rows) in enumerate(variants.items()):
+            depths = list(rows)
+            means = [rows[d][key][0] for d in depths]
+            spreads = [rows[d][key][1] or 0.0 for d in depths]
+            ax.errorbar(depths, means, yerr=spreads, marker="o", ms=4, capsize=3, color=f"C{i}", label=variant)
+        ax.set_xscale("log")
+        ax.set_xticks(sorted({d for rows in variants.values() for d in rows}),
+                      labels=map(str, sorted({d for rows in variants.values() for d in rows})))
+        ax.minorticks_off()
+        ax.set(title=title, xlabel="depth (layers)")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("error (%): mean, bars = std over seeds")
+    axes[0].legend()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def fmt(stat: tuple[float, float | None]) -> str:
     mean, std = stat
     return f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}"
@@ -494,7 +527,7 @@ def results_table(table: list[dict]) -> list[str]:
 
 def write_report(root: Path, out: Path, command: str, copy_metrics: bool = False) -> dict:
     """report.md and summary.json in `out`; figure6.png and gradient_norms.png (if diagnostics were logged) when the
-    cells are plain and residual nets by depth."""
+    cells are plain and residual nets by depth; depth_sweep.png when they are <variant><depth> configs."""
     runs = load_runs(root)
     done = [r for r in runs if r.status.get("done")]
     if not done:
@@ -508,6 +541,9 @@ def write_report(root: Path, out: Path, command: str, copy_metrics: bool = False
         plot_figure6(done, out / "figure6.png")
     if profiles:
         plot_gradients(profiles, depth_colors(done), out / "gradient_norms.png")
+    variants = by_variant_and_depth(table)
+    if variants:
+        plot_depth_sweep(variants, out / "depth_sweep.png")
     report = provenance()
     meta = {
         "run_commands": sorted({r.status["command"] for r in done}),
@@ -545,6 +581,8 @@ def write_report(root: Path, out: Path, command: str, copy_metrics: bool = False
               "(train-mode BN, the run's augmentation, the weights moving). Final test error: after the last epoch. "
               f"Mean ± sample standard deviation over seeds, in %. `{CONFIG_AXIS}` is the experiment file's "
               "get_config argument.", "", *results_table(table)]
+    if variants:
+        lines += ["", "![Final errors against depth](depth_sweep.png)"]
     if nets:
         lines += ["", "![Figure 6](figure6.png)", "", "## What we observed", ""]
         lines += [f"- {line}" for line in observations(nets)]

@@ -167,12 +167,22 @@ def test_report_means_stds_figures_and_files(tmp_path):
     assert "| plain8 | 8,000 | 9.00 ± 1.41 | 18.00 ± 2.83 | 0, 1 | 10 |" in report
     assert "python scripts/ablation.py run" in report and "1 x cpu (cpu); host CPU AMD EPYC, 2 cores" in report
     assert "abc123" in report and "| model.name |" not in report  # it varies: not shared config
-    for figure in ("figure6.png", "gradient_norms.png"):
+    for figure in ("figure6.png", "gradient_norms.png", "depth_sweep.png"):
         assert (out / figure).stat().st_size > 20_000, figure
     assert (out / "records" / "plain8-seed1" / "metrics.jsonl").exists()
     # The copies are enough to build the same report again.
     again = ablation.write_report(out / "records", tmp_path / "again", "python scripts/ablation.py report")
     assert again["table"] == summary["table"]
+
+
+def test_variant_depth_configs_get_errors_against_depth():
+    rows = [{"axes": {"config": name}, "train": (t, None), "test": (t, None)}
+            for name, t in (("fixup8", 1.0), ("plain56", 2.0), ("fixup56", 3.0), ("plain8", 4.0))]
+    variants = ablation.by_variant_and_depth(rows)
+    assert variants == {"fixup": {8: rows[0], 56: rows[2]}, "plain": {8: rows[3], 56: rows[1]}}
+    assert list(variants["plain"]) == [8, 56]  # by depth
+    assert ablation.by_variant_and_depth([{"axes": {"config": "quickstart"}}]) is None
+    assert ablation.by_variant_and_depth([{"axes": {"config": "plain8", "model.shortcut": "A"}}]) is None
 
 
 def observed(tmp_path: Path, plain56_train: float, residual56_train: float) -> str:
