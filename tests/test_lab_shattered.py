@@ -1,5 +1,6 @@
 """Known answers of the shattered-gradients instrument (resnet_jax.lab.shattered)."""
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -99,10 +100,19 @@ def test_line_statistics_make_eval_mode_match_train_mode_on_the_line(resnet8, li
     assert not np.allclose(model.apply(variables, line, train=False), train_mode, atol=1e-3)
 
 
-@pytest.mark.parametrize("fields", [{"block": "skipinit_basic"}, {"stochastic_depth": 0.5}])
-def test_nets_without_batchnorm_or_with_stochastic_depth_are_measured_on_line_statistics(lines, fields):
-    model = create_model("resnet8", 10, widths=(4, 8, 16), **fields)
+def test_a_net_without_batchnorm_is_measured(lines):
+    model = create_model("resnet8", 10, widths=(4, 8, 16), block="skipinit_basic")
     variables = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)), train=False)
     measured = shattered.measure(model, variables, lines, bn="line")
     assert np.isfinite(measured["autocorrelation"]).all() and measured["grad_norm"][0] > 0
     np.testing.assert_allclose(measured["autocorrelation"][0, 0], 1.0, rtol=1e-5)  # every gradient with itself
+
+
+def test_line_statistics_of_a_stochastic_depth_net_keep_every_block(lines):
+    model = create_model("resnet8", 10, widths=(4, 8, 16), stochastic_depth=0.5)
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)), train=False)
+    stats = shattered.line_statistics(model, variables, lines[0])["batch_stats"]
+    _, expected = model.clone(stochastic_depth=0.0, bn_momentum=0.0).apply(variables, lines[0], train=True,
+                                                                          mutable=["batch_stats"])
+    chex.assert_trees_all_close(stats, expected["batch_stats"])
+    assert not np.allclose(stats["stem_norm"]["var"], variables["batch_stats"]["stem_norm"]["var"])
