@@ -159,8 +159,8 @@ def load_init_from(config: ml_collections.ConfigDict, model: ResNet, image_shape
     head layers unless keep_head. Reads one of our checkpoints or (lazily imported) resnet_jax.pretrained."""
     check_init_from(config)
     fresh = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, *image_shape)), train=False))
-    wanted = {c: {k: v for k, v in fresh[c].items() if config.keep_head or not is_head(k)}
-              for c in ("params", "batch_stats")}
+    wanted = {c: {k: v for k, v in fresh.get(c, {}).items() if config.keep_head or not is_head(k)}
+              for c in ("params", "batch_stats")}  # a net without BatchNorm has no batch_stats: {}
     if config.format == "checkpoint":
         variables = _checkpoint_variables(Path(config.path).expanduser(), config.checkpoint, wanted, config.keep_head)
     else:

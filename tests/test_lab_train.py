@@ -6,9 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import chex
 import pytest
 
 from resnet_jax.checkpoints import Checkpoints
+from resnet_jax.lab.common import load_run
+from resnet_jax.transfer import load_init_from
 from resnet_jax.metrics import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,3 +49,10 @@ def test_each_variant_trains_through_the_cli_and_resumes(model, tmp_path, learna
     events = read_metrics(workdir)
     assert "test/accuracy" in events[-1] and events[-1]["step"] == 4  # resumed from step 2 and finished
     assert [e["step"] for e in events if "val/loss" in e] == [2, 4]  # step 2's evaluation not repeated
+    if "skipinit" in model:  # a net without BatchNorm (no batch_stats) is a starting point for another run
+        config = module.get_config()
+        config.init_from.update(path=str(workdir), format="checkpoint", checkpoint="latest")
+        run, trained = load_run(workdir, "latest")  # the whole state, restored and verified
+        variables = load_init_from(config.init_from, run.model, run.pipeline.image_shape)
+        assert variables["batch_stats"] == {} and set(variables["params"]) == set(trained.params) - {"head"}
+        chex.assert_trees_all_equal(variables["params"], {k: v for k, v in trained.params.items() if k != "head"})
