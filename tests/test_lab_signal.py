@@ -96,3 +96,12 @@ def test_cli_names_the_instruments(capsys):
     assert all(name in usage for name in INSTRUMENTS)
     with pytest.raises(SystemExit, match="unknown instrument 'nope'"):
         main(["nope"])
+
+
+def test_a_stochastic_depth_net_in_train_mode_is_measured_with_its_dropped_blocks():
+    model, variables = load_net("resnet8", widths=(4, 8, 16), image_shape=(8, 8, 1), stochastic_depth=0.9)
+    images = jax.random.normal(jax.random.key(1), (16, 8, 8, 1))
+    stats = signal.measure(model, variables, images, train=True)
+    assert np.isfinite(stats["var"]).all()
+    assert np.any(stats["branch_var"][1:] == 0)  # survival 0.1-0.7: the fixed draw drops some branch (all zero)
+    np.testing.assert_allclose(signal.measure(model, variables, images, train=True)["var"], stats["var"])

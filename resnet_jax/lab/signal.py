@@ -42,7 +42,8 @@ def channel_stats(x: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 def block_activations(model: ResNet, variables: dict, images: jax.Array, train: bool) -> dict[str, dict]:
     """{block name: {'input', 'output', 'branch' (absent where not sown)}} of every block, in forward order, from one
-    forward pass (BatchNorm on batch statistics when `train`; the variables are not changed)."""
+    forward pass (BatchNorm on batch statistics when `train`, and stochastic depth's blocks dropped by one fixed
+    draw; the variables are not changed)."""
 
     def record(next_fun, args, kwargs, context):
         out = next_fun(*args, **kwargs)
@@ -52,8 +53,8 @@ def block_activations(model: ResNet, variables: dict, images: jax.Array, train: 
         return out
 
     mutable = ["intermediates", "batch_stats"] if train else ["intermediates"]
-    with nn.intercept_methods(record):
-        _, state = model.apply(variables, images, train=train, mutable=mutable)
+    with nn.intercept_methods(record):  # train: a stochastic-depth net drops blocks as in training (one fixed draw)
+        _, state = model.apply(variables, images, train=train, mutable=mutable, rngs={"dropout": jax.random.key(0)})
     sown = state["intermediates"]
     return {name: {k: v[0] for k, v in sown[name].items()} for name in sorted(sown, key=forward_order)
             if "output" in sown[name]}
