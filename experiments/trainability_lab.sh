@@ -3,8 +3,8 @@
 #   bash experiments/trainability_lab.sh [RUNS=runs/trainability_cpu] [OUT=experiments/results/trainability_cpu]
 # At initialisation (zoo nets at the study's widths and 14x14 inputs): signal propagation of the five variants at
 # depth 56, shattered gradients at depths 20/56/110. On the trained seed-0 nets of depth 56 (RUNS/<variant>56-seed0):
-# their signal, the lesion study, and filter-normalised landscapes of resnet56 and plain56. Steps whose outputs
-# exist are skipped, so the script resumes.
+# their signal, the lesion study, and filter-normalised landscapes (21x21 grid, 1,000 test images) of resnet56 and
+# plain56. Steps whose outputs exist are skipped, so the script resumes.
 set -euo pipefail
 RUNS="${1:-runs/trainability_cpu}"
 OUT="${2:-experiments/results/trainability_cpu}"
