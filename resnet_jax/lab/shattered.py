@@ -161,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         rho, grad_norm = results[name]["autocorrelation"], float(results[name]["grad_norm"].mean())
         if grad_norm == 0:  # e.g. Fixup at initialisation: its classifier starts at zero
             print(f"{name}: the gradient is exactly zero on every line, so its correlations are undefined (0 here)")
-        summary[name] = {"mean_gradient_norm": grad_norm,"rho_lag1": [float(rho[:, 1].mean()), float(rho[:, 1].std())],
+        summary[name] = {"mean_gradient_norm": grad_norm, "rho_lag1": [float(rho[:, 1].mean()), float(rho[:, 1].std())],
                          "rho_lag16": [float(rho[:, 16].mean()), float(rho[:, 16].std())],
                          "rho_mean_all_lags": [float(rho[:, 1:].mean()), float(rho[:, 1:].mean(1).std())],
                          "correlation_length_0.5": [correlation_length(r) for r in rho],
