@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 from flax.training.dynamic_scale import DynamicScale
 
+from resnet_jax import xla_cpu
+
 
 def for_dtype(dtype: Any) -> DynamicScale | None:
     """The initial loss scale for a compute dtype: a DynamicScale for float16, None (no scaling) otherwise."""
@@ -34,4 +36,4 @@ def value_and_grad(
         value, grads = jax.value_and_grad(fun, has_aux=True)(params)
         return None, jnp.array(True), value, grads
     loss_scale, finite, value, grads = loss_scale.value_and_grad(fun, has_aux=True)(params)
-    return loss_scale, finite, value, jax.tree.map(lambda g: jnp.where(finite, g, jnp.zeros_like(g)), grads)
+    return loss_scale, finite, value, xla_cpu.select_tree(finite, grads, jax.tree.map(jnp.zeros_like, grads))

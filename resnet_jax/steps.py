@@ -88,7 +88,7 @@ def train_step(state: TrainState, batch: dict, *, model: nn.Module, tx: optax.Gr
                         batch_stats=batch_stats, opt_state=opt_state, loss_scale=loss_scale)
     finite = all_finite(loss, grads, new.params, new.batch_stats)
     skipped = state.replace(step=new.step, loss_scale=loss_scale)
-    new = jax.tree.map(partial(jnp.where, finite & no_overflow), new, skipped)
+    new = xla_cpu.select_tree(finite & no_overflow, new, skipped)
     metrics = {
         "loss": loss,
         "accuracy": top_k_correct(logits, batch["label"], 1).mean(),

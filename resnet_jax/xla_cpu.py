@@ -1,5 +1,6 @@
-"""What makes the training step faster on XLA:CPU (jaxlib 0.10.2): a conv that reads a materialised input, and one
-compiler option. Measured in benchmarks/cpu_gap.py; the analysis is in benchmarks/README.md.
+"""What makes the training step faster on XLA:CPU (jaxlib 0.10.2): a conv that reads a materialised input, one
+compiler option, and a conditional where a select per array made compiling slow. Measured in benchmarks/cpu_gap.py;
+the analysis is in benchmarks/README.md.
 
 * XLA:CPU fuses every cheap elementwise producer into each of its consumers, however many there are. In a ResNet
   the BatchNorm-ReLU-residual chain of a stage is then recomputed, block after block, inside every fusion that
@@ -15,6 +16,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import jaxlib
 from jax import lax
 
@@ -40,6 +42,24 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, *args: Any, **kwargs: A
     """lax.conv_general_dilated, reading a materialized `lhs` when compiled for CPU; the same numbers everywhere."""
     lhs = lax.platform_dependent(lhs, cpu=materialized, default=lambda x: x)
     return lax.conv_general_dilated(lhs, rhs, *args, **kwargs)
+
+
+def select_tree(pred: jax.Array, on_true: Any, on_false: Any) -> Any:
+    """`on_true` where the scalar `pred` holds, else `on_false` (pytrees of one structure).
+
+    Compiled for CPU it is one lax.cond: with a jnp.where per leaf, XLA:CPU fused the whole computation of `pred`
+    into every leaf's select, and a train step's compile time grew with the square of its number of arrays: on 2
+    cores resnet44 took 104 s and resnet110 over 8 minutes, against 8 s and 20 s with the cond. Elsewhere it is a
+    jnp.where per leaf, which spares a GPU the host round trip of a conditional's predicate.
+    """
+
+    def where(pred: jax.Array, a: Any, b: Any) -> Any:
+        return jax.tree.map(lambda x, y: jnp.where(pred, x, y), a, b)
+
+    def cond(pred: jax.Array, a: Any, b: Any) -> Any:
+        return lax.cond(pred, lambda: a, lambda: b)
+
+    return lax.platform_dependent(pred, on_true, on_false, cpu=cond, default=where)
 
 
 def compiler_options(platform: str) -> dict[str, Any] | None:
