@@ -30,10 +30,11 @@ def get_config():
 """
 
 
-# Two runs cover the new machinery (ReZero's is SkipInit's: no BN, no batch_stats, a gain): no batch statistics to
-# checkpoint, scalar parameters, a zero classifier, stochastic depth's rng per example and per batch.
+# Every BN-free block, and stochastic depth per example and per batch: no batch statistics to checkpoint, scalar
+# parameters, a zero classifier, a dropout rng.
 @pytest.mark.parametrize("model", ["block='skipinit_basic', version='v2', stochastic_depth=0.5, "
-                                   "stochastic_depth_mode='example'", "block='fixup_basic', stochastic_depth=0.5"])
+                                   "stochastic_depth_mode='example'", "block='fixup_basic', stochastic_depth=0.5",
+                                   "block='rezero_basic'", "block='fixup_bottleneck'"])
 def test_each_variant_trains_through_the_cli_and_resumes(model, tmp_path, learnable_idx_dir, train_until_a_checkpoint):
     config_file, workdir = tmp_path / "variant.py", tmp_path / "run"
     config_file.write_text(VARIANT_CONFIG.format(model=model, path=str(learnable_idx_dir)))
