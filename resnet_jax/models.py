@@ -25,7 +25,7 @@ trainable=False), and the backbone's output is sown as features/backbone for fea
 import dataclasses
 import difflib
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from typing import Any, NamedTuple
 
@@ -563,11 +563,7 @@ class ResNet(nn.Module):
     lesion: Sequence[str] = ()  # test-time: these blocks return their shortcut alone (residual_join)
 
     def __post_init__(self):
-        object.__setattr__(self, "lesion", tuple(self.lesion))
-        unknown = [name for name in self.lesion if name not in self.block_names()]
-        if unknown:
-            raise ValueError(f"lesion {unknown} names no block of this network; its blocks: "
-                             f"{', '.join(self.block_names())}")
+        object.__setattr__(self, "lesion", self.known_blocks(self.lesion, "lesion"))
         check_choice("version", self.version, ("v1", "v1.5", "v2"))
         block = block_class(self.block, self.version)
         check_choice("stem", self.stem, ("cifar", "imagenet"))
@@ -618,6 +614,16 @@ class ResNet(nn.Module):
     def block_names(self) -> list[str]:
         """The blocks' layer names in forward order: stage<i>_block<j>, both from 1."""
         return [f"stage{i + 1}_block{j + 1}" for i, n in enumerate(self.stage_sizes) for j in range(n)]
+
+    def known_blocks(self, names: Iterable[str], what: str) -> tuple[str, ...]:
+        """`names` as a tuple, after checking that each names a block of this network (a ValueError about `what`
+        lists its blocks otherwise)."""
+        names = tuple(names)
+        unknown = [name for name in names if name not in self.block_names()]
+        if unknown:
+            raise ValueError(f"{what} {unknown} names no block of this network; its blocks: "
+                             f"{', '.join(self.block_names())}")
+        return names
 
     def block_strides(self, stage: int, index: int) -> int:
         """2 for the one block of a stage that downsamples, else 1."""

@@ -103,5 +103,5 @@ def test_the_traced_lesion_equals_the_static_one_with_one_compilation(name):
         traced = lesions.step(lesions.state, batch, alive(lesions.model, deleted))  # the one compiled executable
         np.testing.assert_allclose(traced["loss"], static["loss"], rtol=1e-6)
         assert traced["accuracy"] == static["accuracy"] and traced["count"] == static["count"] == 12
-    with pytest.raises(ValueError, match="stage4_block1.*name no block"):
+    with pytest.raises(ValueError, match="stage4_block1.*names no block"):
         alive(lesions.model, ("stage4_block1",))

@@ -33,10 +33,7 @@ from resnet_jax.steps import TrainState, eval_sums
 def alive(model: ResNet, deleted: Iterable[str]) -> dict[str, dict[str, jax.Array]]:
     """The 'lesion' collection that deletes the blocks `deleted` of `model` as traced values (residual_join):
     {block name: {'alive': bool}} for every block."""
-    deleted = set(deleted)
-    unknown = deleted - set(model.block_names())
-    if unknown:
-        raise ValueError(f"{sorted(unknown)} name no block of this network; its blocks: {model.block_names()}")
+    deleted = set(model.known_blocks(deleted, "the deleted blocks"))
     return {name: {"alive": jnp.asarray(name not in deleted)} for name in model.block_names()}
 
 
