@@ -611,10 +611,12 @@ class ResNet(nn.Module):
         blocks = sum(self.stage_sizes)
         return [1.0 - k / blocks * self.stochastic_depth for k in range(1, blocks + 1)]
 
+    @nn.nowrap  # plain helpers, callable in __post_init__ whatever Flax's context (tabulate, eval_shape)
     def block_names(self) -> list[str]:
         """The blocks' layer names in forward order: stage<i>_block<j>, both from 1."""
         return [f"stage{i + 1}_block{j + 1}" for i, n in enumerate(self.stage_sizes) for j in range(n)]
 
+    @nn.nowrap
     def known_blocks(self, names: Iterable[str], what: str) -> tuple[str, ...]:
         """`names` as a tuple, after checking that each names a block of this network (a ValueError about `what`
         lists its blocks otherwise)."""
