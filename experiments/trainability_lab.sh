@@ -4,7 +4,8 @@
 # At initialisation (zoo nets at the study's widths and 14x14 inputs): signal propagation of the five variants at
 # depth 56, shattered gradients at depths 20/56/110. On the trained seed-0 nets of depth 56 (RUNS/<variant>56-seed0):
 # their signal, the lesion study, and filter-normalised landscapes (21x21 grid, 1,000 test images) of resnet56 and
-# plain56. Steps whose outputs exist are skipped, so the script resumes.
+# plain56. On those of depth 110: their signal, and the lesion study of resnet110 (Veit et al.'s own net: 54
+# blocks). Steps whose outputs exist are skipped, so the script resumes.
 set -euo pipefail
 RUNS="${1:-runs/trainability_cpu}"
 OUT="${2:-experiments/results/trainability_cpu}"
@@ -12,6 +13,7 @@ PY="${PYTHON:-.venv/bin/python}"
 AT_INIT=(--widths 8,16,32 --image-size 14)
 VARIANTS56=(plain56 resnet56 resnet56:block=skipinit_basic resnet56:block=fixup_basic resnet56:stochastic_depth=0.5)
 TRAINED56=(plain56-seed0 resnet56-seed0 skipinit56-seed0 fixup56-seed0 stochdepth56-seed0)
+TRAINED110=("${TRAINED56[@]//56/110}")
 
 step() {  # step NAME OUTPUT_FILE COMMAND...: run COMMAND unless OUTPUT_FILE exists, timing it into OUT/costs.txt
   local name="$1" output="$2"
@@ -36,6 +38,10 @@ step "signal trained" "$OUT/signal_trained/signal.json" \
   "$PY" -m resnet_jax.lab signal "${TRAINED56[@]/#/--workdir=$RUNS/}" --out "$OUT/signal_trained"
 step "lesion" "$OUT/lesion/lesion.json" \
   "$PY" -m resnet_jax.lab lesion "${TRAINED56[@]/#/--workdir=$RUNS/}" --ks 0,1,2,4,8,16 --draws 3 --out "$OUT/lesion"
+step "signal trained, depth 110" "$OUT/signal_trained110/signal.json" \
+  "$PY" -m resnet_jax.lab signal "${TRAINED110[@]/#/--workdir=$RUNS/}" --out "$OUT/signal_trained110"
+step "lesion, resnet110" "$OUT/lesion110/lesion.json" \
+  "$PY" -m resnet_jax.lab lesion --workdir "$RUNS/resnet110-seed0" --ks 0,1,2,4,8,16,32 --draws 2 --out "$OUT/lesion110"
 for net in resnet56 plain56; do
   step "landscape $net" "$OUT/landscape/${net}_landscape.npz" \
     "$PY" -m resnet_jax.lab landscape --workdir "$RUNS/$net-seed0" --examples 1000 --points 21 --name "$net" \
