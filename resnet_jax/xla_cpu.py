@@ -49,8 +49,9 @@ def select_tree(pred: jax.Array, on_true: Any, on_false: Any) -> Any:
 
     Compiled for CPU it is one lax.cond: with a jnp.where per leaf, XLA:CPU fused the whole computation of `pred`
     into every leaf's select, and a train step's compile time grew with the square of its number of arrays: on 2
-    cores resnet44 took 104 s and resnet110 over 8 minutes, against 8 s and 20 s with the cond. Elsewhere it is a
-    jnp.where per leaf, which spares a GPU the host round trip of a conditional's predicate.
+    cores resnet56 took 144 s and resnet110 over 8 minutes, against 8 s and 19 s with the cond
+    (benchmarks/compile_time.py). Elsewhere it is a jnp.where per leaf, which spares a GPU the host round trip of a
+    conditional's predicate.
     """
 
     def where(pred: jax.Array, a: Any, b: Any) -> Any:
