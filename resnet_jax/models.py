@@ -620,11 +620,10 @@ class ResNet(nn.Module):
     def known_blocks(self, names: Iterable[str], what: str) -> tuple[str, ...]:
         """`names` as a tuple, after checking that each names a block of this network (a ValueError about `what`
         lists its blocks otherwise)."""
-        names = tuple(names)
-        unknown = [name for name in names if name not in self.block_names()]
+        names, blocks = tuple(names), self.block_names()
+        unknown = [name for name in names if name not in blocks]
         if unknown:
-            raise ValueError(f"{what} {unknown} names no block of this network; its blocks: "
-                             f"{', '.join(self.block_names())}")
+            raise ValueError(f"{what} {unknown} names no block of this network; its blocks: {', '.join(blocks)}")
         return names
 
     def block_strides(self, stage: int, index: int) -> int:
